@@ -1,0 +1,143 @@
+"""Command-line front end. Each subcommand parses its options and calls one function of
+:mod:`hwgen.flow`; user errors print one line and exit with status 2 (no traceback)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import __version__
+
+
+class UserError(Exception):
+    """A problem with the user's input: printed as one line, exit status 2."""
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model options (zoo models; ignored for .onnx files)")
+    g.add_argument("--resolution", type=int, help="input height = width (default: the paper's)")
+    g.add_argument("--classes", type=int, help="number of classes (default 1000)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the random weights and calibration images (default 0)")
+    g.add_argument("--weights", help="weights file: .npz (<node>.weight / <node>.bias) or .onnx (initializers)")
+    g.add_argument("--alpha", type=float, help="MobileNet width multiplier in (0, 1] (default 1.0)")
+    g.add_argument("--version", dest="sq_version", choices=("1.0", "1.1"), help="SqueezeNet version (default 1.1)")
+    g.add_argument("--groups", type=int, help="ShuffleNet groups g in {1,2,3,4,8} (default 3)")
+    g.add_argument("--scale", type=float, help="ShuffleNet scale factor (default 1.0)")
+    g.add_argument("--width", type=float, help="Xception width multiplier (default 1.0)")
+    g.add_argument("--middle-repeats", type=int, help="Xception middle-flow repeats (default 8)")
+
+
+def _model_opts(args) -> dict:
+    keys = {"resolution": "resolution", "classes": "classes", "seed": "seed", "weights": "weights",
+            "alpha": "alpha", "sq_version": "version", "groups": "groups", "scale": "scale",
+            "width": "width", "middle_repeats": "middle_repeats"}
+    return {dst: getattr(args, src) for src, dst in keys.items() if getattr(args, src, None) is not None}
+
+
+def _print_json(obj) -> None:
+    json.dump(obj, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def cmd_models(args):
+    from . import flow
+    rows = flow.list_models()
+    if args.json:
+        return _print_json(rows)
+    for r in rows:
+        print(f"{r['name']:<12} {r['description']}")
+        print(f"{'':<12} options: {r['options']}")
+
+
+def cmd_summary(args):
+    from . import flow
+    from .summary import format_summary
+    d = flow.summary(args.model, **_model_opts(args))
+    if args.json:
+        return _print_json(d)
+    print(format_summary(d))
+
+
+def cmd_export(args):
+    from . import flow
+    path = flow.export(args.model, args.output, quantized=args.quantized, **_model_opts(args))
+    print(f"wrote {path}")
+
+
+def cmd_golden(args):
+    from . import flow
+    info = flow.golden(args.model, args.input, args.output, **_model_opts(args))
+    if args.json:
+        return _print_json(info)
+    print(f"wrote {info['output']} shape {tuple(info['shape'])} dtype {info['dtype']}")
+
+
+def cmd_doctor(args):
+    from . import tools
+    rows = tools.doctor()
+    if args.json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            if r["found"]:
+                print(f"ok       {r['tool']:<15} {r['version']}  ({r['path']})")
+            else:
+                print(f"MISSING  {r['tool']:<15} fix: {r['fix']}")
+    if not all(r["found"] for r in rows):
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hwgen", description="Compile lightweight CNNs into int8 "
+                                "accelerators for ECP5 FPGA boards (ULX3S).")
+    p.add_argument("-V", "--hwgen-version", action="version", version=f"hwgen {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    s = sub.add_parser("models", help="list the model zoo")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=cmd_models)
+
+    s = sub.add_parser("summary", help="per-layer shapes, params, MACs and memory of a model")
+    s.add_argument("model", help="zoo name (mobilenet, squeezenet, shufflenet, xception) or a .onnx file")
+    _model_options(s)
+    s.add_argument("--json", action="store_true", help="print JSON (keys: params, macs, layers, ...)")
+    s.set_defaults(func=cmd_summary)
+
+    s = sub.add_parser("export", help="write a model as float ONNX, or quantized QDQ ONNX")
+    s.add_argument("model", help="zoo name or a .onnx file")
+    s.add_argument("-o", "--output", required=True, help="output .onnx path")
+    s.add_argument("--quantized", action="store_true", help="write int8 QDQ ONNX (onnxruntime runs it)")
+    _model_options(s)
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("golden", help="run the integer golden model on an input tensor")
+    s.add_argument("model", help="zoo name or a .onnx file")
+    s.add_argument("--input", required=True, help="input .npy, (N, C, H, W) or (C, H, W)")
+    s.add_argument("--output", required=True, help="output .npy")
+    _model_options(s)
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=cmd_golden)
+
+    s = sub.add_parser("doctor", help="check the FPGA/simulation toolchain")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=cmd_doctor)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from .flow import user_errors
+    try:
+        rc = args.func(args)
+    except user_errors() as e:
+        print(f"hwgen {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hwgen: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
