@@ -16,7 +16,7 @@ prove the two equal.
 The other ops whose onnxruntime kernels compute in float32 (QLinearAdd, QLinearAveragePool,
 QLinearConcat) have their float32 reference here too (``fma_f32``, ``rescale_lut``), and an
 integer formulation built from the exact-dyadic helpers :func:`round_sig` and
-:func:`round_int` (see :func:`add_int` and :func:`avgpool_int`).
+:func:`round_int` (see :func:`add_int` and :func:`avg_window_int`).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import numpy as np
 
 __all__ = [
     "conv_scale", "requantize", "requantize_int", "decompose_scale", "SCALE_MIN", "SCALE_MAX",
-    "fma_f32", "rescale_lut", "add_fixed_part", "add_f32", "add_int", "avgpool_scale_check",
+    "fma_f32", "rescale_lut", "add_fixed_part", "add_f32", "add_int", "avg_window_int",
     "gavg_scale", "round_sig", "round_int", "f32_parts",
 ]
 
@@ -184,9 +184,11 @@ def rescale_lut(x_scale: float, x_zp: int, y_scale: float, y_zp: int) -> np.ndar
 
 def add_fixed_part(ra: np.float32, rb: np.float32, zpa: int, zpb: int, zpc: int) -> np.float32:
     """QLinearAdd's constant ``float(zpC) - (rA * zpA + rB * zpB)`` as onnxruntime's AVX2
-    kernel computes it (rA * zpA rounded, then fused into ``fma(rB, zpB, .)``, then subtracted)."""
-    t = (np.float32(ra) * np.float32(zpa)).astype(np.float32)
-    u = fma_f32(np.float32(rb), np.float32(zpb), t)
+    kernel (compiled with FMA contraction) computes it: ``rB * zpB`` rounded to float32, then
+    ``fma(rA, zpA, .)``, then subtracted from ``zpC`` (found empirically: the other two
+    orders each disagree with onnxruntime on some draws)."""
+    t = (np.float32(rb) * np.float32(zpb)).astype(np.float32)
+    u = fma_f32(np.float32(ra), np.float32(zpa), t)
     return np.float32(np.float32(zpc) - u)
 
 
@@ -266,6 +268,78 @@ def gavg_scale(x_scale: float, y_scale: float, count: int) -> np.float32:
     return s
 
 
-def avgpool_scale_check(x_scale: float, y_scale: float) -> None:
-    if not (np.isfinite(np.float32(x_scale)) and np.isfinite(np.float32(y_scale))):
-        raise ValueError("average pool scales must be finite")
+def _norm24(mag, exp):
+    """Normalise non-zero magnitudes (< 2**25) to [2**23, 2**24) adjusting the exponent."""
+    bl = _bitlen(mag)
+    sh = 24 - bl
+    mag = np.where(sh >= 0, mag << np.maximum(sh, 0), mag >> np.maximum(-sh, 0))
+    return mag, exp - sh
+
+
+def _div_round(num, den, exp):
+    """float32 ``num * 2**exp / den`` correctly rounded, for 24-bit normalised ``num``
+    (2**23 <= num < 2**24) and 1 <= den < 2**24: returns (24-bit magnitude, exponent)."""
+    g = 32
+    q = (num << g) // den                 # >= 2**31 / 2**24 * 2**23 ... at least 25 bits
+    sticky = ((num << g) - q * den) != 0
+    t = (q << 1) | sticky.astype(np.int64)  # one more bit: exact sticky below the rounding
+    r = round_sig(t, 24)
+    return _strip(r, exp - g - 1)
+
+
+def _strip(mag, exp):
+    """(mag, exp) with mag < 2**25 by dropping trailing zero bits (value unchanged)."""
+    bl = _bitlen(mag)
+    sh = np.maximum(bl - 24, 0)
+    return mag >> sh, exp + sh
+
+
+def avg_window_int(diffs, valid, count, x_scale: float, y_scale: float, y_zp_stored: int):
+    """Integer formulation of one QLinearAveragePool window (see ops.avgpool).
+
+    ``diffs``: int array (T, ...) of ``x - x_zp`` for the T window taps in onnxruntime's
+    order (rows, then columns); ``valid``: bool (T, ...), False for padding cells;
+    ``count``: divisor per output (int array broadcasting against ``diffs[0]``).
+    Returns the stored-domain integer before saturation.
+
+    Steps, all on integers (``x_scale = Ms * 2**Es``, ``y_scale = My * 2**Ey``):
+
+    1. ``D = round_sig(Ms * d, 24)`` per tap (the float32 dequantisation), units ``2**Es``;
+    2. ``S = round_sig(S + D, 24)`` tap after tap (the float32 running sum);
+    3. ``m = S / count`` and ``v = m / My`` as correctly rounded divisions (quotient to 25
+       bits plus a sticky bit, then round half to even to 24 bits);
+    4. ``w = round_sig(v + y_zp, 24)`` (the float32 add of the zero point), then
+       ``round_int`` (half to even) to an integer.
+    """
+    ms, es = f32_parts(np.float32(x_scale))
+    my, ey = f32_parts(np.float32(y_scale))
+    ms, es, my, ey = int(ms), int(es), int(my), int(ey)
+    diffs = np.asarray(diffs, np.int64)
+    s = np.zeros(diffs.shape[1:], np.int64)            # signed, units 2**es
+    for d, ok in zip(diffs, valid):
+        dd = np.where(d < 0, -round_sig(-d * ms), round_sig(np.abs(d) * ms))
+        t = s + np.where(ok, dd, 0)
+        s = np.where(t < 0, -round_sig(-t), round_sig(np.abs(t)))
+    neg = s < 0
+    mag = np.abs(s)
+    nz = mag > 0
+    mag1 = np.where(nz, mag, 1 << 23)
+    sm, se = _strip(mag1, np.full(mag.shape, es, np.int64))
+    sm, se = _norm24(sm, se)
+    cnt = np.broadcast_to(np.asarray(count, np.int64), mag.shape)
+    mm, me = _div_round(sm, cnt, se)                    # mean
+    mm, me = _norm24(mm, me)
+    vm, ve = _div_round(mm, np.int64(my), me - ey)      # / y_scale
+    # w = v + zp (float32 add), then round to integer
+    zp = int(y_zp_stored)
+    low = np.maximum(np.minimum(ve, 0), -60)
+    sh_v = ve - low                                     # >= 0 unless capped
+    v_al = np.where(sh_v >= 0, vm << np.clip(sh_v, 0, 62),
+                    (vm >> np.clip(-sh_v, 0, 62)) | ((vm & ((np.int64(1) << np.clip(-sh_v, 0, 62)) - 1)) != 0))
+    v_al = np.where(neg, -v_al, v_al)
+    v_al = np.where(nz, v_al, 0)
+    tot = v_al + (np.int64(zp) << (-low))
+    w = np.where(tot < 0, -round_sig(-tot), round_sig(np.abs(tot)))
+    w = np.where(nz, w, np.int64(zp) << (-low))
+    q = np.where(w < 0, -round_int(-w, -low), round_int(np.abs(w), -low))
+    return q
