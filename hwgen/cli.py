@@ -72,6 +72,51 @@ def cmd_golden(args):
     print(f"wrote {info['output']} shape {tuple(info['shape'])} dtype {info['dtype']}")
 
 
+def _board_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--board", default="ulx3s", help="board: ulx3s (default) or ulx3s-12f/25f/45f/85f")
+    p.add_argument("--device", help="ECP5 device of the board: 12F, 25F, 45F or 85F (default 85F)")
+
+
+def cmd_plan(args):
+    from . import flow
+    from .mapper.plan import check_fit
+    p, source = flow.plan(args.model, board=args.board, device=args.device, out=args.out,
+                          **_model_opts(args))
+    s = p.summary()
+    if args.json:
+        s["layers"] = [{"name": l.name, "op": l.op, "engine": l.engine, "macs": l.macs,
+                        "cycles": l.cycles, "ideal_cycles": l.ideal_cycles,
+                        "placement": l.placement} for l in p.layers]
+        _print_json(s)
+    else:
+        print(_format_plan(p, s))
+    if not p.fits:
+        if not args.json:
+            try:
+                check_fit(p, source)
+            except ValueError as e:
+                print(f"\ndoes not fit: {e}", file=sys.stderr)
+        return 1
+
+
+def _format_plan(p, s) -> str:
+    from .summary import si
+    e = s["engines"]
+    lines = [f"{s['model']} on {s['board']} ({'fits' if s['fits'] else 'DOES NOT FIT'})",
+             f"engines: systolic {e['sa_rows']}x{e['sa_cols']} (lanes {e['sa_lanes']}), depthwise "
+             f"{e['dw_lanes']} lanes k{e['dw_k']}, requant {e['rq_lanes']} lanes, pool/add {e['vec_lanes']} lanes",
+             f"{'layer':<24} {'op':<14} {'engine':<16} {'MACs':>8} {'cycles':>9} {'ideal':>9}"]
+    for l in p.layers:
+        lines.append(f"{l.name:<24} {l.op:<14} {l.engine:<16} {si(l.macs):>8} {l.cycles:>9} {l.ideal_cycles:>9}")
+    lines.append(f"cycles/inference {s['cycles']:,} (estimate), MACs {si(s['macs'])}, MAC units "
+                 f"{s['mac_units']}, utilization {s['utilization']:.1%}")
+    for r, v in s["resources"].items():
+        lines.append(f"{r:<7} {v['used']:>7} used of {v['available']} (plan limit {v['limit']})")
+    lines.append(f"activation arena {s['arena_bytes']:,} B, weights {s['weights_bytes']:,} B "
+                 f"(on chip {s['onchip_weight_bytes']:,} B, external {s['external_weight_bytes']:,} B)")
+    return "\n".join(lines)
+
+
 def cmd_doctor(args):
     from . import tools
     rows = tools.doctor()
@@ -118,6 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(s)
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=cmd_golden)
+
+    s = sub.add_parser("plan", help="map a model onto a board: engine sizes, cycles, memory, fit")
+    s.add_argument("model", help="zoo name or a .onnx file")
+    _board_options(s)
+    s.add_argument("--out", help="also write program.bin, weights.bin and layers.json into this folder")
+    _model_options(s)
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=cmd_plan)
 
     s = sub.add_parser("doctor", help="check the FPGA/simulation toolchain")
     s.add_argument("--json", action="store_true", help="print JSON")

@@ -95,6 +95,23 @@ def summary(model: str, **opts) -> dict:
     return summarize(g.graph if isinstance(g, ir.QGraph) else g)
 
 
+def plan(model: str, board: str = "ulx3s", device: str | None = None, out: str | Path | None = None,
+         **opts):
+    """Map the model onto a board (:func:`hwgen.mapper.plan`); with ``out``, write the layer
+    program, weight image and layers.json there. Returns the Plan (fits or not)."""
+    import boards
+    from .mapper import plan as make_plan
+    from .mapper.program import write_build_files
+    b = boards.get_board(board, device)
+    qg = quantized(model, **opts)
+    source = None if is_onnx(model) else (model, opts)
+    p = make_plan(qg, b, source=source)
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        write_build_files(p, Path(out))
+    return p, source
+
+
 def _atomic_target(out: str | Path) -> Path:
     out = Path(out)
     if out.parent and not out.parent.exists():

@@ -39,3 +39,35 @@ def test_missing_onnx_file_is_one_line_error(tmp_path):
     r = run("summary", str(tmp_path / "nope.onnx"))
     assert r.returncode == 2
     assert "no such ONNX file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_plan_fits_vww_and_refuses_default_mobilenet():
+    r = run("plan", "mobilenet", "--alpha", "0.25", "--resolution", "96", "--classes", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["fits"] and d["device"] == "85F" and d["macs"] == 7_489_664
+    assert sum(layer["cycles"] for layer in d["layers"]) == d["cycles"]
+    r = run("plan", "mobilenet", "--alpha", "0.25")
+    assert r.returncode == 1
+    assert "does not fit" in r.stderr and "block RAM" in r.stderr and "What would fit" in r.stderr
+
+
+def test_summary_export_golden_roundtrip(tmp_path):
+    import numpy as np
+    opts = ["--alpha", "0.25", "--resolution", "32", "--classes", "3"]
+    r = run("summary", "mobilenet", *opts, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["params"] > 0
+    onnx_path = tmp_path / "m.onnx"
+    r = run("export", "mobilenet", *opts, "--quantized", "-o", str(onnx_path))
+    assert r.returncode == 0, r.stderr
+    x = np.random.default_rng(1).uniform(-1, 1, (3, 3, 32, 32)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    r = run("golden", str(onnx_path), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy"))
+    assert r.returncode == 0, r.stderr
+    from hwgen.frontend.onnx import run_onnxruntime
+    y = np.load(tmp_path / "y.npy")
+    ref = run_onnxruntime(onnx_path, x)
+    assert y.dtype == ref.dtype and y.shape == ref.shape
+    # a chain network: onnxruntime runs every layer in its integer kernels, golden matches exactly
+    np.testing.assert_array_equal(y, ref)
