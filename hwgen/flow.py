@@ -21,11 +21,11 @@ class FlowError(ValueError):
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types the CLI reports as one-line user errors."""
     errs: list[type[BaseException]] = [FlowError, ir.IRError, FileNotFoundError, ValueError]
-    try:
-        from .frontend.onnx import OnnxImportError
-        errs.append(OnnxImportError)
-    except ImportError:  # pragma: no cover
-        pass
+    from .frontend.onnx import OnnxImportError
+    from .prog import ProgramError
+    from .synth import ToolError
+    from firmware.host import ProtocolError
+    errs += [OnnxImportError, ProgramError, ToolError, ProtocolError]
     return tuple(errs)
 
 

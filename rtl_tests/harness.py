@@ -84,18 +84,26 @@ def run(component, *, toplevel: str, test_module: str, config: dict | None = Non
     for p in (str(ROOT / "rtl_tests"), str(ROOT)):
         if p not in sys.path:
             sys.path.insert(0, p)
-    results = runner.test(test_module=test_module, hdl_toplevel=toplevel, build_dir=build_dir,
-                          test_dir=build_dir, testcase=testcase, seed=seed,
-                          timescale=("1ns", "1ps"),
-                          extra_env={"HWGEN_TB_CONFIG": str(cfg_path)},
-                          results_xml=str(build_dir / f"results_{os.getpid()}.xml"),
-                          log_file=build_dir / "test.log")
+    try:
+        results = runner.test(test_module=test_module, hdl_toplevel=toplevel, build_dir=build_dir,
+                              test_dir=build_dir, testcase=testcase, seed=seed,
+                              timescale=("1ns", "1ps"),
+                              extra_env={"HWGEN_TB_CONFIG": str(cfg_path)},
+                              results_xml=str(build_dir / f"results_{os.getpid()}.xml"),
+                              log_file=build_dir / "test.log")
+    except SystemExit as e:  # the runner exits when the simulator dies or a test fails
+        raise AssertionError(f"cocotb run of {test_module} ended with exit {e.code}\n{_log_tail(build_dir)}") from None
     n_tests, n_failed = get_results(results)
-    log = (build_dir / "test.log").read_text(errors="replace") if (build_dir / "test.log").exists() else ""
+    log = _log_tail(build_dir)
     if n_tests == 0:
-        raise AssertionError(f"cocotb ran no test from {test_module}\n{log[-4000:]}")
+        raise AssertionError(f"cocotb ran no test from {test_module}\n{log}")
     if n_failed:
-        raise AssertionError(f"{n_failed} of {n_tests} cocotb tests failed in {test_module}\n{log[-6000:]}")
+        raise AssertionError(f"{n_failed} of {n_tests} cocotb tests failed in {test_module}\n{log}")
+
+
+def _log_tail(build_dir: Path, chars: int = 6000) -> str:
+    log = build_dir / "test.log"
+    return log.read_text(errors="replace")[-chars:] if log.exists() else "(no test.log)"
 
 
 def tb_config() -> dict:

@@ -1,0 +1,263 @@
+"""Bitstream builds through amaranth-boards' ULX3S platforms with the YoWASP toolchain.
+
+:func:`build_bitstream` asks the platform for its build plan (``platform.build(...,
+do_build=False)``: the RTLIL, the yosys script, the LPF and the ``build_top.sh`` command
+lines), writes the plan's files into the output folder, and runs the plan's three tool
+commands (yosys, nextpnr-ecp5, ecppack) one by one in that folder with the environment from
+:func:`hwgen.tools.tool_env` (never the process's own globals), so each stage reports
+progress and its time, and each tool's output stays in the folder (``yosys.log``,
+``nextpnr.log``, ``ecppack.log``, plus the tools' own ``top.rpt`` / ``top.tim``).
+``synth_only=True`` stops after yosys (the CI check: the board flow without place and route).
+
+nextpnr runs with ``--timing-allow-fail --report top.report.json``: the Fmax and the
+utilisation come from that report, and a design that misses its clock is reported as such
+(``timing_met``); with ``retries`` the build is repeated at a lower PLL clock.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from hwgen import tools
+from hwgen.synth import ToolError, parse_stat
+
+from .ulx3s import Board, get_board
+
+__all__ = ["BuildResult", "build_bitstream", "platform_for", "parse_nextpnr_report",
+           "next_clock", "ToolError"]
+
+STAGES = (("yosys", "YOSYS", "synth"), ("nextpnr-ecp5", "NEXTPNR_ECP5", "pnr"),
+          ("ecppack", "ECPPACK", "pack"))
+
+
+@dataclass
+class BuildResult:
+    """What a build produced. ``resources``: ``{lut4|ff|mult18|dp16kd: {used, available}}``
+    (from nextpnr's report, or from yosys' cell counts after a synthesis-only build)."""
+    outdir: Path
+    board: str
+    clock_mhz: float                 # asked (of the last attempt)
+    pll_mhz: float | None            # what the PLL makes of it
+    synth_only: bool
+    bitstream: Path | None = None
+    svf: Path | None = None
+    fmax_mhz: float | None = None
+    timing_met: bool | None = None
+    resources: dict = field(default_factory=dict)
+    stage_seconds: dict = field(default_factory=dict)
+    logs: dict = field(default_factory=dict)
+    attempts: list = field(default_factory=list)   # earlier attempts: clock, fmax, timing_met
+
+    @property
+    def build_seconds(self) -> float:
+        """Seconds of the last attempt's stages."""
+        return sum(self.stage_seconds.values())
+
+    @property
+    def total_seconds(self) -> float:
+        """Seconds of every attempt (retries at a lower clock included)."""
+        return self.build_seconds + sum(sum(a["stage_seconds"].values()) for a in self.attempts)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for k in ("outdir", "bitstream", "svf"):
+            d[k] = None if d[k] is None else str(d[k])
+        d["build_seconds"] = self.build_seconds
+        d["total_seconds"] = self.total_seconds
+        return d
+
+
+def platform_for(board: Board | str):
+    """The amaranth-boards platform instance of a board (``Board`` or a name such as
+    ``ulx3s-85f``)."""
+    b = get_board(board) if isinstance(board, str) else board
+    from amaranth_boards import ulx3s
+    cls = getattr(ulx3s, b.amaranth_platform, None)
+    if cls is None:
+        raise ValueError(f"board {b.name}: amaranth-boards has no platform {b.amaranth_platform}")
+    return cls()
+
+
+def parse_nextpnr_report(path: Path) -> dict:
+    """Fmax and utilisation from nextpnr's ``--report`` JSON.
+
+    Returns ``fmax_mhz`` (achieved on the clock with the highest constraint, the PLL's
+    output), ``constraint_mhz``, ``timing_met`` (every clock meets its constraint),
+    ``fmax_by_clock`` and ``resources`` (lut4 = TRELLIS_COMB, ff, mult18, dp16kd:
+    used / available).
+    """
+    rep = json.loads(Path(path).read_text())
+    clocks = {k: (v.get("achieved"), v.get("constraint")) for k, v in rep.get("fmax", {}).items()}
+    fmax = constraint = None
+    met = None
+    if clocks:
+        name = max(clocks, key=lambda k: clocks[k][1] or 0)
+        fmax, constraint = clocks[name]
+        met = all(a is not None and c is not None and a >= c for a, c in clocks.values())
+    util = rep.get("utilization", {})
+
+    def res(cell):
+        u = util.get(cell, {})
+        return {"used": int(u.get("used", 0)), "available": int(u.get("available", 0))}
+    return {"fmax_mhz": fmax, "constraint_mhz": constraint, "timing_met": met,
+            "fmax_by_clock": {k: a for k, (a, _) in clocks.items()},
+            "resources": {"lut4": res("TRELLIS_COMB"), "ff": res("TRELLIS_FF"),
+                          "mult18": res("MULT18X18D"), "dp16kd": res("DP16KD")}}
+
+
+def next_clock(clock_mhz: float, fmax_mhz: float | None, floor_mhz: float = 25.0) -> float | None:
+    """The clock of a retry after a timing failure: 3 % under the achieved Fmax (and at
+    least 5 % under the failed clock), rounded down to 0.5 MHz; None below ``floor_mhz``."""
+    target = clock_mhz * 0.95 if fmax_mhz is None else min(clock_mhz * 0.95, fmax_mhz * 0.97)
+    target = int(target * 2) / 2
+    return target if target >= floor_mhz else None
+
+
+def _plan_commands(script: str) -> list[tuple[str, list[str]]]:
+    """The tool commands of the plan's ``build_top.sh``: ``[(tool, argv without tool)]``."""
+    cmds = []
+    for line in script.splitlines():
+        for tool, var, _ in STAGES:
+            if line.startswith(f'"${var}"'):
+                cmds.append((tool, shlex.split(line)[1:]))
+    if [c[0] for c in cmds] != [s[0] for s in STAGES]:
+        raise ToolError("unexpected build script from amaranth (expected yosys, nextpnr-ecp5 "
+                        f"and ecppack command lines):\n{script}")
+    return cmds
+
+
+def _write_plan(plan, outdir: Path) -> None:
+    for name, content in plan.files.items():
+        path = outdir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = content.encode() if isinstance(content, str) else content
+        if not path.exists() or path.read_bytes() != data:
+            path.write_bytes(data)
+
+
+def _run_tool(tool: str, var: str, args: list[str], outdir: Path, env: dict, timeout: float) -> str:
+    exe = env.get(var) or tools.find(tool)
+    if not exe:
+        fix = next(t.fix for t in tools.TOOLS if t.name == tool)
+        raise ToolError(f"{tool} not found: {fix}")
+    log = outdir / f"{tool.split('-')[0]}.log"     # the tool's stdout/stderr
+    try:
+        r = subprocess.run([exe, *args], cwd=outdir, env=env, capture_output=True, text=True,
+                           timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        raise ToolError(f"{tool} timed out after {timeout:.0f} s (build folder {outdir})") from e
+    log.write_text(r.stdout + r.stderr)
+    if r.returncode != 0:
+        own = {"yosys": "top.rpt", "nextpnr-ecp5": "top.tim"}.get(tool)
+        text = (outdir / own).read_text(errors="replace") if own and (outdir / own).exists() else ""
+        tail = "\n".join((r.stdout + r.stderr + text).strip().splitlines()[-15:])
+        raise ToolError(f"{tool} failed (exit {r.returncode}); log: {log}\n{tail}")
+    own = {"yosys": "top.rpt", "nextpnr-ecp5": "top.tim"}.get(tool)
+    return str(outdir / own) if own else str(log)
+
+
+def _synth_resources(outdir: Path, board: Board) -> dict:
+    cells = parse_stat((outdir / "top.stat").read_text())
+    b = board.budget
+    lut4 = cells.get("LUT4", 0) + 2 * cells.get("CCU2C", 0)
+    return {"lut4": {"used": lut4, "available": b.lut4},
+            "ff": {"used": cells.get("TRELLIS_FF", 0), "available": b.lut4},
+            "mult18": {"used": cells.get("MULT18X18D", 0), "available": b.mult18},
+            "dp16kd": {"used": cells.get("DP16KD", 0), "available": b.dp16kd},
+            "cells": cells}
+
+
+def build_bitstream(top, board: Board | str, clock_mhz: float, outdir, *,
+                    progress: Callable[[str, str], None] | None = None,
+                    synth_only: bool = False, retries: int = 0, floor_mhz: float = 25.0,
+                    seed: int = 1, env: dict | None = None,
+                    timeout: float = 3600.0) -> BuildResult:
+    """Synthesise, place and route, and pack a design for a ULX3S.
+
+    Parameters
+    ----------
+    top: the design: an Elaboratable (e.g. :class:`boards.top.ULX3STop`), or a callable
+        ``clock_mhz -> Elaboratable`` (needed for ``retries``: each retry builds a new top).
+    board: a :class:`boards.Board` or its name (``ulx3s-85f``).
+    clock_mhz: the clock asked of the design (used for the report; the top's PLL sets it).
+    outdir: build folder; gets the plan's files, ``top.bit``/``top.svf``, the tools' logs,
+        ``top.report.json`` (nextpnr) and ``build.json`` (this result).
+    progress: ``progress(stage, message)`` with stage ``prepare``/``synth``/``pnr``/``pack``/
+        ``retry``/``done``.
+    synth_only: stop after yosys (resources from its cell counts; no Fmax, no bitstream).
+    retries: on a timing failure, rebuild up to this many times at :func:`next_clock`.
+    env: tool environment (default :func:`hwgen.tools.tool_env`).
+
+    Raises :class:`hwgen.synth.ToolError` when a tool fails (message: step, log, last lines).
+    """
+    b = get_board(board) if isinstance(board, str) else board
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    env = dict(tools.tool_env() if env is None else env)
+    say = progress or (lambda stage, msg: None)
+    if retries and not callable(top):
+        raise ValueError("build_bitstream(retries=...) needs `top` as a callable "
+                         "clock_mhz -> design, to rebuild it at a lower clock")
+    attempts: list = []
+    clock = clock_mhz
+    while True:
+        design = top(clock) if callable(top) and not hasattr(top, "elaborate") else top
+        res = _build_once(design, b, clock, outdir, say, synth_only, seed, env, timeout)
+        res.attempts = attempts
+        if synth_only or res.timing_met or len(attempts) >= retries:
+            break
+        lower = next_clock(clock, res.fmax_mhz, floor_mhz)
+        if lower is None:
+            break
+        say("retry", f"timing not met at {clock:g} MHz (Fmax {res.fmax_mhz:.1f} MHz): "
+                     f"retrying at {lower:g} MHz")
+        attempts.append({"clock_mhz": clock, "fmax_mhz": res.fmax_mhz, "timing_met": False,
+                         "stage_seconds": dict(res.stage_seconds)})
+        clock = lower
+    (outdir / "build.json").write_text(json.dumps(res.to_dict(), indent=2, default=str))
+    say("done", f"{'synthesis' if synth_only else 'build'} finished in {res.build_seconds:.1f} s")
+    return res
+
+
+def _build_once(design, b: Board, clock: float, outdir: Path, say, synth_only: bool, seed: int,
+                env: dict, timeout: float) -> BuildResult:
+    pll = getattr(getattr(design, "pll", None), "fout_mhz", None)
+    res = BuildResult(outdir=outdir, board=b.name, clock_mhz=clock, pll_mhz=pll,
+                      synth_only=synth_only)
+    t0 = time.monotonic()
+    say("prepare", f"elaborating for {b.name} at {clock:g} MHz")
+    platform = platform_for(b)
+    plan = platform.build(design, name="top", build_dir=str(outdir), do_build=False,
+                          script_after_synth="tee -q -o top.stat stat",
+                          nextpnr_opts=f"--report top.report.json --timing-allow-fail "
+                                       f"--seed {seed}")
+    for stale in ("top.bit", "top.svf", "top.report.json", "top.stat"):
+        (outdir / stale).unlink(missing_ok=True)
+    _write_plan(plan, outdir)
+    res.stage_seconds["prepare"] = time.monotonic() - t0
+    for (tool, args), (_, var, stage) in zip(_plan_commands(plan.files["build_top.sh"]), STAGES):
+        if synth_only and stage != "synth":
+            break
+        say(stage, f"running {tool}")
+        t = time.monotonic()
+        res.logs[tool] = _run_tool(tool, var, args, outdir, env, timeout)
+        res.stage_seconds[stage] = time.monotonic() - t
+        say(stage, f"{tool} done in {res.stage_seconds[stage]:.1f} s")
+        if stage == "synth":
+            res.resources = _synth_resources(outdir, b)
+        elif stage == "pnr":
+            rep = parse_nextpnr_report(outdir / "top.report.json")
+            res.fmax_mhz, res.timing_met = rep["fmax_mhz"], rep["timing_met"]
+            res.resources = rep["resources"]
+            met = "met" if res.timing_met else "NOT met"
+            say(stage, f"Fmax {res.fmax_mhz:.1f} MHz for {pll or clock:.1f} MHz: timing {met}")
+    if not synth_only:
+        res.bitstream, res.svf = outdir / "top.bit", outdir / "top.svf"
+        if not res.bitstream.exists():
+            raise ToolError(f"ecppack produced no bitstream in {outdir}")
+    return res

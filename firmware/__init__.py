@@ -1,0 +1,1 @@
+"""Host-side firmware: the UART host runtime and the image formats."""

@@ -1,0 +1,115 @@
+"""The board flow through amaranth-boards' ULX3S platform and the YoWASP tools.
+
+Fast tier: the board top level (PLL, UART host link, a small fake accelerator) synthesised
+for the 12F with yosys only, so a broken board flow fails CI. Slow tier: full place and route
+and ecppack on the 85F, with the Fmax parsed from nextpnr's report.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from boards import get_board
+from boards.build import (ToolError, _plan_commands, build_bitstream, next_clock,
+                          parse_nextpnr_report)
+from boards.top import ULX3STop
+from hwgen.hw.accel_if import FakeAccelerator
+
+
+def _top(clock_mhz):
+    return ULX3STop(FakeAccelerator(48, 10, 100), clock_mhz)
+
+
+def test_board_synth_12f(tmp_path):
+    events = []
+    res = build_bitstream(_top(50), "ulx3s-12f", 50, tmp_path, synth_only=True,
+                          progress=lambda stage, msg: events.append((stage, msg)))
+    cells = res.resources["cells"]
+    assert cells["EHXPLLL"] == 1
+    assert cells["TRELLIS_IO"] == 11               # clk25, uart rx/tx, 8 LEDs
+    assert res.resources["dp16kd"]["used"] >= 1    # the host link's staging buffer
+    assert 300 < res.resources["lut4"]["used"] < 4000
+    assert res.resources["lut4"]["available"] == get_board("ulx3s", "12F").budget.lut4
+    assert res.bitstream is None and res.fmax_mhz is None and res.pll_mhz == 50
+    assert [s for s, _ in events] == ["prepare", "synth", "synth", "done"]
+    assert set(res.stage_seconds) == {"prepare", "synth"}
+    assert res.logs == {"yosys": str(tmp_path / "top.rpt")}
+    for name in ("top.il", "top.lpf", "top.rpt", "top.json", "build.json"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert json.loads((tmp_path / "build.json").read_text())["board"] == "ulx3s-12f"
+    assert 'LOCATE COMP "uart_0__rx__io" SITE "M1"' in (tmp_path / "top.lpf").read_text()
+
+
+def test_parse_nextpnr_report(tmp_path):
+    rep = {"fmax": {"$glbnet$clk25": {"achieved": 300.0, "constraint": 25.0},
+                    "$glbnet$clk": {"achieved": 93.5, "constraint": 100.0}},
+           "utilization": {"TRELLIS_COMB": {"used": 1500, "available": 83640},
+                           "TRELLIS_FF": {"used": 600, "available": 83640},
+                           "DP16KD": {"used": 3, "available": 208}}}
+    (tmp_path / "r.json").write_text(json.dumps(rep))
+    r = parse_nextpnr_report(tmp_path / "r.json")
+    assert (r["fmax_mhz"], r["constraint_mhz"], r["timing_met"]) == (93.5, 100.0, False)
+    assert r["resources"]["lut4"] == {"used": 1500, "available": 83640}
+    assert r["resources"]["mult18"] == {"used": 0, "available": 0}
+    rep["fmax"]["$glbnet$clk"]["achieved"] = 101.0
+    (tmp_path / "r.json").write_text(json.dumps(rep))
+    assert parse_nextpnr_report(tmp_path / "r.json")["timing_met"] is True
+
+
+def test_retry_clock_and_bad_inputs(tmp_path):
+    assert next_clock(150, 131.4) == 127.0         # 3 % under the achieved Fmax
+    assert next_clock(100, 99.9) == 95.0           # at least 5 % lower
+    assert next_clock(26, 20) is None              # below the 25 MHz floor: give up
+    with pytest.raises(ValueError, match="needs `top` as a callable"):
+        build_bitstream(object(), "ulx3s-12f", 50, tmp_path, retries=1)
+    with pytest.raises(ToolError, match="unexpected build script"):
+        _plan_commands("#!/bin/sh\nyosys top.ys\n")
+
+
+@pytest.mark.slow
+def test_board_bitstream_85f(tmp_path):
+    events = []
+    res = build_bitstream(_top, "ulx3s-85f", 100, tmp_path, retries=1,
+                          progress=lambda stage, msg: events.append((stage, msg)))
+    assert res.bitstream == tmp_path / "top.bit" and res.bitstream.stat().st_size > 100_000
+    assert (tmp_path / "top.svf").stat().st_size > 0
+    assert res.fmax_mhz is not None and res.fmax_mhz > 50
+    assert res.timing_met, f"Fmax {res.fmax_mhz:.1f} MHz at {res.clock_mhz} MHz"
+    b = get_board("ulx3s", "85F").budget
+    assert res.resources["lut4"]["available"] == b.lut4
+    assert res.resources["dp16kd"]["available"] == b.dp16kd
+    assert res.resources["mult18"]["available"] == b.mult18
+    assert {"synth", "pnr", "pack"} <= set(res.stage_seconds)
+    assert any(stage == "pnr" and "Fmax" in msg for stage, msg in events)
+    assert res.logs["nextpnr-ecp5"] == str(tmp_path / "top.tim")
+    for name in ("top.rpt", "top.tim", "top.report.json"):
+        assert (tmp_path / name).stat().st_size > 0, name
+
+
+def test_retry_at_lower_clock(tmp_path, monkeypatch):
+    """A timing failure rebuilds the design at next_clock() and says so (tools stubbed)."""
+    from boards import build as bb
+    fmax = {150.0: 131.4, 127.0: 130.2}
+    built = []
+
+    def fake_once(design, b, clock, outdir, say, synth_only, seed, env, timeout):
+        built.append((design, clock))
+        return bb.BuildResult(outdir=outdir, board=b.name, clock_mhz=clock, pll_mhz=clock,
+                              synth_only=False, fmax_mhz=fmax[clock],
+                              timing_met=fmax[clock] >= clock, stage_seconds={"pnr": 1.0})
+    monkeypatch.setattr(bb, "_build_once", fake_once)
+    events = []
+    res = build_bitstream(lambda mhz: f"design@{mhz}", "ulx3s-85f", 150.0, tmp_path, retries=2,
+                          progress=lambda s, msg: events.append((s, msg)))
+    assert built == [("design@150.0", 150.0), ("design@127.0", 127.0)]
+    assert res.timing_met and res.clock_mhz == 127.0
+    assert res.attempts == [{"clock_mhz": 150.0, "fmax_mhz": 131.4, "timing_met": False,
+                             "stage_seconds": {"pnr": 1.0}}]
+    assert ("retry", "timing not met at 150 MHz (Fmax 131.4 MHz): retrying at 127 MHz") in events
+    assert res.build_seconds == 1.0 and res.total_seconds == 2.0
+    assert res.to_dict()["total_seconds"] == 2.0
+    # without retries the failure is returned as is
+    built.clear()
+    res = build_bitstream(lambda mhz: f"design@{mhz}", "ulx3s-85f", 150.0, tmp_path)
+    assert built == [("design@150.0", 150.0)] and res.timing_met is False
