@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+import numpy as np
+
 from . import __version__
 
 
@@ -117,6 +119,64 @@ def _format_plan(p, s) -> str:
     return "\n".join(lines)
 
 
+def _progress(stage: str, message: str) -> None:
+    print(f"[{stage}] {message}", file=sys.stderr, flush=True)
+
+
+def cmd_build(args):
+    from . import flow
+    r = flow.build(args.model, board=args.board, device=args.device, clock_mhz=args.clock,
+                   out=args.out, allow_timing_fail=args.allow_timing_fail,
+                   synth_only=args.synth_only, progress=_progress, **_model_opts(args))
+    if args.json:
+        return _print_json(r)
+    res = r["resources"]
+    print(f"bitstream: {r['bitstream']}")
+    if r["fmax_mhz"] is not None:
+        print(f"clock {r['clock_mhz']} MHz asked, Fmax {r['fmax_mhz']:.1f} MHz, timing "
+              f"{'met' if r['timing_met'] else 'NOT met'}")
+    print("resources: " + ", ".join(f"{k} {v['used']}/{v['available']}" for k, v in res.items()))
+    ips = r["inferences_per_second"]
+    print(f"cycles/inference {r['cycles_per_inference']:,} ({r['cycles_source']})"
+          + (f", {ips:,.0f} inferences/s" if ips else ""))
+    print(f"report: {args.out}/report.md, {args.out}/report.html")
+
+
+def cmd_sim(args):
+    from . import flow
+    r = flow.sim(args.model, board=args.board, device=args.device, input_path=args.input,
+                 **_model_opts(args))
+    logits = np.asarray(r["logits"])
+    if args.json:
+        out = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in r.items()}
+        _print_json(out)
+    else:
+        order = np.argsort(-logits.astype(np.int32), kind="stable")[:5]
+        print("top-5: " + ", ".join(f"class {int(i)} ({int(logits[i])})" for i in order))
+        print(f"cycles {r['cycles']:,}, MACs {r['macs']:,}, MAC units {r['mac_units']}, "
+              f"utilization {r['utilization']:.1%}, wall {r['wall_seconds']:.1f} s")
+        print("bit-exact with the golden model" if r["bit_exact"] else
+              f"MISMATCH: accelerator {logits.tolist()} golden {np.asarray(r['golden']).tolist()}")
+    return 0 if r["bit_exact"] else 1
+
+
+def cmd_prog(args):
+    from .prog import run_prog
+    return run_prog(args.bitstream or args.dir, flash=args.flash)
+
+
+def cmd_run(args):
+    from . import flow
+    r = flow.run_on_board(args.port, args.image, build_dir=args.dir, check=not args.no_check)
+    if args.json:
+        return _print_json(r)
+    print("top-5: " + ", ".join(f"class {i} ({r['logits'][i]})" for i in r["top5"]))
+    print(f"on-chip cycles {r['cycles']:,}")
+    if "bit_exact" in r:
+        print("bit-exact with the golden model" if r["bit_exact"] else "MISMATCH with the golden model")
+        return 0 if r["bit_exact"] else 1
+
+
 def cmd_doctor(args):
     from . import tools
     rows = tools.doctor()
@@ -171,6 +231,39 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(s)
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=cmd_plan)
+
+    s = sub.add_parser("sim", help="simulate the whole accelerator in Verilator, bit-exact check")
+    s.add_argument("model", help="zoo name or a .onnx file")
+    _board_options(s)
+    s.add_argument("--input", help="image: .npy (C,H,W) float or int, or .png (default: a seeded random image)")
+    _model_options(s)
+    s.add_argument("--json", action="store_true", help="print JSON (bit_exact, cycles, macs, mac_units, utilization, per-layer cycles)")
+    s.set_defaults(func=cmd_sim)
+
+    s = sub.add_parser("build", help="quantize, map, generate and build the bitstream with reports")
+    s.add_argument("model", help="zoo name or a .onnx file")
+    _board_options(s)
+    s.add_argument("--clock", type=float, default=100.0, help="target clock in MHz (default 100)")
+    s.add_argument("--out", default="build", help="build folder (default ./build)")
+    s.add_argument("--allow-timing-fail", action="store_true", help="keep a bitstream that misses timing (exit 0)")
+    s.add_argument("--synth-only", action="store_true", help="stop after synthesis (resource check; no bitstream)")
+    _model_options(s)
+    s.add_argument("--json", action="store_true", help="print the report as JSON")
+    s.set_defaults(func=cmd_build)
+
+    s = sub.add_parser("prog", help="program the last build onto a ULX3S with openFPGALoader")
+    s.add_argument("--dir", default="build", help="build folder holding top.bit (default ./build)")
+    s.add_argument("--bitstream", help="a .bit file (overrides --dir)")
+    s.add_argument("--flash", action="store_true", help="write the SPI flash instead of SRAM")
+    s.set_defaults(func=cmd_prog)
+
+    s = sub.add_parser("run", help="run an image on the board over the UART link")
+    s.add_argument("image", help="image: .npy or .png")
+    s.add_argument("--port", required=True, help="serial port of the ULX3S (e.g. /dev/ttyUSB0)")
+    s.add_argument("--dir", default="build", help="build folder of the design on the board (default ./build)")
+    s.add_argument("--no-check", action="store_true", help="skip the golden-model check")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("doctor", help="check the FPGA/simulation toolchain")
     s.add_argument("--json", action="store_true", help="print JSON")

@@ -195,3 +195,118 @@ def _from_int_output(y: np.ndarray, qg: ir.QGraph, dtype: str) -> np.ndarray:
         yi = y.astype(np.int16) - (128 if qg.io_dtype == "uint8" else 0)
         return qg.output_q.dequantize(yi).astype(np.float32)
     return y
+
+
+# --- board flow ---------------------------------------------------------------------------
+
+def _board_plan(model: str, board: str, device: str | None, strict: bool, **opts):
+    import boards
+    from .mapper import plan as make_plan
+    b = boards.get_board(board, device)
+    qg = quantized(model, **opts)
+    source = None if is_onnx(model) else (model, opts)
+    return qg, make_plan(qg, b, strict=strict, source=source), b
+
+
+def _model_record(model: str, opts: dict) -> dict:
+    name = Path(model).stem if is_onnx(model) else model
+    return {"name": name, "source": str(Path(model).resolve()) if is_onnx(model) else model,
+            "options": {k: v for k, v in opts.items()}}
+
+
+def build(model: str, board: str = "ulx3s", device: str | None = None, clock_mhz: float = 100.0,
+          out: str | Path = "build", allow_timing_fail: bool = False, synth_only: bool = False,
+          retries: int = 2, progress=None, **opts) -> dict:
+    """quantize -> map (fit check before any synthesis) -> generate -> synth -> PnR -> pack.
+
+    Writes into ``out``: program.bin, weights.bin, layers.json, model.json, top.bit, top.svf,
+    the tools' logs, report.json / report.md / report.html. Returns the report dict; raises
+    :class:`FlowError` on a timing failure unless ``allow_timing_fail``.
+    """
+    import json as _json
+    from boards.build import build_bitstream
+    from boards.top import ULX3STop
+    from .hw.accelerator import Accelerator
+    from .mapper.program import write_build_files
+    from .report import make_report, write_reports
+    say = progress or (lambda stage, msg: None)
+    say("map", f"quantizing and mapping {model}")
+    qg, p, b = _board_plan(model, board, device, strict=True, **opts)
+    outdir = Path(out)
+    outdir.mkdir(parents=True, exist_ok=True)
+    write_build_files(p, outdir)
+    rec = _model_record(model, opts)
+    (outdir / "model.json").write_text(_json.dumps(rec, indent=2) + "\n")
+    say("map", f"{p.engines.describe()}; {p.cycles:,} cycles estimated")
+    res = build_bitstream(lambda mhz: ULX3STop(Accelerator(p), mhz), b, clock_mhz, outdir,
+                          progress=say, synth_only=synth_only, retries=0 if synth_only else retries)
+    report = make_report(p, res.to_dict(), None, rec)
+    write_reports(report, outdir)
+    if not synth_only and res.timing_met is False and not allow_timing_fail:
+        raise FlowError(f"timing not met: Fmax {res.fmax_mhz:.1f} MHz < {res.clock_mhz:.1f} MHz asked "
+                        f"(after {len(res.attempts)} retries); see {outdir / 'report.md'}. Ask a lower "
+                        f"--clock, or pass --allow-timing-fail to keep the bitstream")
+    return report
+
+
+def sim(model: str, board: str = "ulx3s", device: str | None = None, input_path: str | None = None,
+        **opts) -> dict:
+    """Run one image through the planned accelerator in Verilator; bit-exact check vs golden."""
+    from .sim import simulate
+    qg, p, _ = _board_plan(model, board, device, strict=False, **opts)
+    x = load_image(input_path, qg) if input_path else _seeded_image(qg, opts.get("seed", 0))
+    r = simulate(qg, p, x)
+    r["model"] = _model_record(model, opts)
+    r["fits"] = p.fits
+    return r
+
+
+def _seeded_image(qg: ir.QGraph, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed + 1).uniform(-1, 1, (1, *qg.graph.input_shape)).astype(np.float32)
+    return _to_int_input(x, qg, "float32")
+
+
+def load_image(path: str, qg: ir.QGraph) -> np.ndarray:
+    """An input image for the model: .npy (float (C,H,W)/(1,C,H,W), quantized with the model's
+    input parameters, or already integer) or .png (8-bit RGB/gray, resized nearest-neighbour to
+    the model's input, scaled to [-1, 1])."""
+    from .image import read_png, resize_nearest
+    p = Path(path)
+    if not p.exists():
+        raise FlowError(f"no such image: {path}")
+    c, h, w = qg.graph.input_shape
+    if p.suffix.lower() == ".png":
+        img = read_png(p)                       # (H, W, channels) uint8
+        if img.shape[2] != c:
+            img = img[:, :, :1].repeat(c, axis=2) if img.shape[2] < c else img[:, :, :c]
+        x = resize_nearest(img, h, w).transpose(2, 0, 1).astype(np.float32) / 127.5 - 1.0
+        return _to_int_input(x[None], qg, "float32")
+    x = np.load(p)
+    x = x[None] if x.ndim == 3 else x
+    if x.shape[1:] != (c, h, w) or x.shape[0] != 1:
+        raise FlowError(f"image {path} has shape {x.shape}: expected ({c}, {h}, {w}) or (1, {c}, {h}, {w})")
+    return _to_int_input(x, qg, "float32" if np.issubdtype(x.dtype, np.floating) else str(x.dtype))
+
+
+def run_on_board(port: str, image: str, build_dir: str | Path = "build", check: bool = True) -> dict:
+    """Send an image to the board over the UART link, read logits and cycles; check vs golden."""
+    import json as _json
+    from firmware.host import HostLink, open_serial
+    rec_path = Path(build_dir) / "model.json"
+    if not rec_path.exists():
+        raise FlowError(f"{rec_path} not found: run `hwgen build` first (or pass --dir)")
+    rec = _json.loads(rec_path.read_text())
+    qg = quantized(rec["source"], **rec["options"])
+    x = load_image(image, qg)
+    xs = x[0].astype(np.int16) - (128 if qg.io_dtype == "uint8" else 0)
+    link = HostLink(open_serial(port))
+    logits, cycles = link.infer(xs.astype(np.int8))
+    logits = np.asarray(logits, np.int8)
+    out = {"logits": logits.tolist(), "cycles": int(cycles),
+           "top5": [int(i) for i in np.argsort(-logits.astype(np.int16), kind="stable")[:5]]}
+    if check:
+        from . import golden as gold
+        ref = gold.run(qg, x).reshape(-1).astype(np.int16) - (128 if qg.io_dtype == "uint8" else 0)
+        out["golden"] = ref.tolist()
+        out["bit_exact"] = bool(np.array_equal(ref, logits.astype(np.int16)))
+    return out

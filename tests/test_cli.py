@@ -71,3 +71,21 @@ def test_summary_export_golden_roundtrip(tmp_path):
     assert y.dtype == ref.dtype and y.shape == ref.shape
     # a chain network: onnxruntime runs every layer in its integer kernels, golden matches exactly
     np.testing.assert_array_equal(y, ref)
+
+
+def test_build_default_mobilenet_stops_with_fit_error_before_synthesis(tmp_path):
+    out = tmp_path / "b"
+    r = run("build", "mobilenet", "--alpha", "0.25", "--board", "ulx3s", "--out", str(out))
+    assert r.returncode == 2
+    assert "does not fit the ULX3S 85F" in r.stderr and "What would fit" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not out.exists()   # nothing written
+
+
+def test_prog_without_bitstream_or_board(tmp_path):
+    r = run("prog", "--dir", str(tmp_path))
+    assert r.returncode != 0 and "no bitstream" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "top.bit").write_bytes(b"\xff" * 64)
+    r = run("prog", "--dir", str(tmp_path))
+    assert r.returncode == 1
+    assert "no ULX3S found" in r.stderr and len(r.stderr.strip().splitlines()) == 1
