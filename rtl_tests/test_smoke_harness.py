@@ -22,3 +22,10 @@ class _Adder(wiring.Component):
 def test_harness_adder(sim):
     harness.run(_Adder(), toplevel="smoke_adder", test_module="cocotb_smoke_harness",
                 config={"n": 50}, sim=sim)
+
+
+def test_harness_reports_a_failing_testbench():
+    """A wrong expectation in the cocotb test must fail the pytest test (not pass silently)."""
+    with pytest.raises(AssertionError, match="cocotb"):
+        harness.run(_Adder(), toplevel="smoke_adder", test_module="cocotb_smoke_harness",
+                    config={"n": 5, "expect_off_by": 1}, sim="icarus", build_name="smoke_adder_wrong")
