@@ -1,0 +1,283 @@
+"""Requantiser: int32 accumulators -> int8, bit-exact with onnxruntime's float32 requantisation.
+
+Implements :func:`hwgen.golden.arith.requantize` (equivalently ``requantize_int``; see
+docs/arithmetic.md) with integer logic only::
+
+    y = clamp(round_half_even(float32(float32(acc) * scale[ch])) + zero_point, lo, hi)
+
+Per channel the scale is stored as ``(m, e)`` from :func:`hwgen.golden.arith.decompose_scale`
+(``scale == m * 2**-e``, 24-bit ``m`` with the hidden bit, ``e`` in [16, 55]).  Datapath of
+one lane, one register stage per line (all stages advance together on a global enable)::
+
+    S1   acc and the channel's (m, e) (parameter memory read, registered)
+    S2   sign, |acc| (32 bits unsigned, |-2**31| fits)
+    S3   msb = index of the leading one of |acc|
+    S4   N = |acc| << (31 - msb)                                   (normalised, 32 bits)
+    S5   kept bits N[8:32] and the round-half-even increment (N[7], sticky N[0:7], N[8])
+    S6   A = kept + increment (float32(acc): 24 significant bits; a carry to 2**24
+         renormalises to 2**23 and msb += 1); value = A * 2**(msb - 23)
+    S7.. P = A * m, 24 x 24 -> 48 bits on 4 MULT18X18D (UMul, latency 5)
+    S12  float32 product: the 24 kept bits of P (from bit 23 or 24 depending on P[47]),
+         the round-half-even increment (round bit, sticky bits, lsb); R = e - msb - P[47]
+    S13  P' = kept + increment (value = P' * 2**-R); R clamped to [0, 26]
+    S14  x = P' << 26 >> R (integer part, round bit, sticky bits)
+    S15  integer part (9 bits + "any higher bit"), round-half-even increment
+    S16  q = min(integer part + increment, 511) (int8 output clamps anyway; R <= 0 with
+         P' != 0 means |value| >= 2**23, which saturates too)
+    S17  v = zero_point +- q
+    S18  y = clamp(v, lo, hi)                                         (output register)
+
+Latency 18 cycles from an accepted input beat to its output beat (without stalls);
+throughput one beat (``lanes`` results) per cycle.  Resources per lane: 4 MULT18X18D, one
+copy of the parameter memory (each lane has its own channel index, so its own read port).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from hwgen.golden import arith
+from hwgen.hw.dsp import UMul
+
+__all__ = ["RequantParams", "Requantizer", "PARAM_LAYOUT", "encode_scales"]
+
+#: One parameter-memory entry: ``scale == m * 2**-e``.
+PARAM_LAYOUT = data.StructLayout({"m": unsigned(24), "e": unsigned(6)})
+
+
+def encode_scales(scale) -> np.ndarray:
+    """float32 per-channel scales -> packed parameter-memory words (``m | e << 24``).
+
+    Raises ValueError (from :func:`arith.decompose_scale`) for scales outside [2**-32, 2**8).
+    """
+    m, e = arith.decompose_scale(np.asarray(scale, np.float32))
+    return (np.asarray(m, np.int64) | (np.asarray(e, np.int64) << 24))
+
+
+def leading_one(x):
+    """(any bit set, index of the highest set bit) of a power-of-two-wide value, as a
+    balanced tree (log2(width) mux levels; 0 when no bit is set)."""
+    w = len(x)
+    if w == 1:
+        return x[0], Cat()
+    h = w // 2
+    any_hi, idx_hi = leading_one(x[h:])
+    any_lo, idx_lo = leading_one(x[:h])
+    return any_hi | any_lo, Mux(any_hi, Cat(idx_hi, Const(1, 1)), Cat(idx_lo, Const(0, 1)))
+
+
+@dataclass(frozen=True)
+class RequantParams:
+    """Structure of a :class:`Requantizer`.
+
+    Parameters
+    ----------
+    lanes : int
+        Accumulators per stream beat (each with its own channel index), >= 1.
+    channels : int
+        Depth of the per-channel parameter memory, >= 1.
+    use_primitive : bool or None
+        MULT18X18D instances (True), behavioural multipliers (False), or by platform (None).
+    _inject_bug : bool
+        Test-only: round final ties away from zero instead of to even.
+    """
+    lanes: int = 1
+    channels: int = 64
+    use_primitive: bool | None = None
+    _inject_bug: bool = False
+
+    def __post_init__(self):
+        for name in ("lanes", "channels"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"RequantParams.{name} must be a positive int, got {v!r}")
+        if self.channels > 1 << 14:
+            raise ValueError(f"RequantParams.channels={self.channels} exceeds 16384; split the "
+                             f"parameter table per layer")
+
+    @property
+    def ch_bits(self) -> int:
+        return max(1, ceil_log2(self.channels))
+
+    @property
+    def in_layout(self) -> data.StructLayout:
+        return data.StructLayout({"acc": data.ArrayLayout(signed(32), self.lanes),
+                                  "ch": data.ArrayLayout(unsigned(self.ch_bits), self.lanes)})
+
+    @property
+    def out_layout(self) -> data.ArrayLayout:
+        return data.ArrayLayout(signed(8), self.lanes)
+
+    #: MULT18X18D per lane (the 24 x 24 mantissa product of :class:`UMul`).
+    DSP_PER_LANE = 4
+
+
+class Requantizer(wiring.Component):
+    """Stream requantiser, ``lanes`` int32 -> int8 per beat, per-channel scales.
+
+    Latency :attr:`LATENCY` (18) cycles, one beat per cycle; ``i_stream.ready`` is high
+    whenever the output register is empty or being read (the whole pipeline stalls on
+    backpressure, so no data is ever dropped).  4 MULT18X18D per lane.
+
+    Members
+    -------
+    i_stream : In(stream.Signature(params.in_layout))
+        ``acc[l]`` (int32) and ``ch[l]`` (parameter-memory address) per lane.
+    o_stream : Out(stream.Signature(params.out_layout))
+        int8 results, in input order.
+    zero_point, lo, hi : In(signed(8))
+        Per-tensor output zero point and clamp bounds, ``lo <= hi`` (ReLU: lo = zero_point;
+        ReLU6: hi too); registered inside, so change them only while the pipeline is empty
+        (they apply from the next cycle on).
+    param : In(wiring.Signature({"en", "addr", "data": PARAM_LAYOUT}))
+        Write port of the per-channel parameter memory (words from :func:`encode_scales`).
+    """
+
+    LATENCY = 18
+
+    def __init__(self, params: RequantParams):
+        if not isinstance(params, RequantParams):
+            self._MustUse__silence = True
+            raise TypeError(f"Requantizer needs RequantParams, got {type(params).__name__}")
+        self.params = params
+        super().__init__({
+            "i_stream": In(stream.Signature(params.in_layout)),
+            "o_stream": Out(stream.Signature(params.out_layout)),
+            "zero_point": In(signed(8)),
+            "lo": In(signed(8), init=-128),
+            "hi": In(signed(8), init=127),
+            "param": In(wiring.Signature({
+                "en": Out(1), "addr": Out(params.ch_bits), "data": Out(PARAM_LAYOUT)})),
+        })
+
+    def elaborate(self, platform):
+        p = self.params
+        m = Module()
+        en = Signal()                      # global pipeline enable
+        m.d.comb += [en.eq(~self.o_stream.valid | self.o_stream.ready),
+                     self.i_stream.ready.eq(en)]
+
+        mem = Memory(shape=PARAM_LAYOUT, depth=p.channels, init=[])
+        wp = mem.write_port()
+        m.d.comb += [wp.en.eq(self.param.en), wp.addr.eq(self.param.addr),
+                     wp.data.eq(self.param.data)]
+
+        # valid bits of stages S1..S18
+        valid = [Signal(name=f"valid{s}") for s in range(1, self.LATENCY + 1)]
+        with m.If(en):
+            m.d.sync += valid[0].eq(self.i_stream.valid)
+            m.d.sync += [valid[s].eq(valid[s - 1]) for s in range(1, self.LATENCY)]
+        m.d.comb += self.o_stream.valid.eq(valid[-1])
+
+        def reg(shape, name, value):
+            r = Signal(shape, name=name)
+            with m.If(en):
+                m.d.sync += r.eq(value)
+            return r
+
+        def delay(sig, n, name):
+            for k in range(n):
+                sig = reg(sig.shape(), f"{name}_d{k}", sig)
+            return sig
+
+        # per-tensor constants, registered (static while a layer runs)
+        zp_r = Signal(signed(8))
+        lo_r = Signal(signed(8))
+        hi_r = Signal(signed(8))
+        dn_r = Signal(signed(10))          # zero_point - lo
+        up_r = Signal(signed(10))          # hi - zero_point
+        ndn_r = Signal(signed(10))         # lo - zero_point
+        nup_r = Signal(signed(10))         # zero_point - hi
+        m.d.sync += [zp_r.eq(self.zero_point), lo_r.eq(self.lo), hi_r.eq(self.hi),
+                     dn_r.eq(self.zero_point - self.lo), up_r.eq(self.hi - self.zero_point),
+                     ndn_r.eq(self.lo - self.zero_point), nup_r.eq(self.zero_point - self.hi)]
+
+        for lane in range(p.lanes):
+            L = f"l{lane}_"
+            rp = mem.read_port()
+            m.d.comb += [rp.addr.eq(self.i_stream.payload.ch[lane]), rp.en.eq(en)]
+            # S1
+            acc1 = reg(signed(32), L + "acc1", self.i_stream.payload.acc[lane])
+            par1 = rp.data
+            # S2: sign and magnitude
+            neg2 = reg(1, L + "neg2", acc1 < 0)
+            mag2 = reg(unsigned(32), L + "mag2", Mux(acc1 < 0, -acc1, acc1)[:32])
+            m2 = reg(unsigned(24), L + "m2", par1.m)
+            e2 = reg(unsigned(6), L + "e2", par1.e)
+            # S3: leading-one index
+            msb3 = reg(range(32), L + "msb3", leading_one(mag2)[1])
+            mag3 = reg(unsigned(32), L + "mag3", mag2)
+            # S4: normalise to bit 31
+            norm4 = reg(unsigned(32), L + "norm4", (mag3 << (~msb3)[:5])[:32])
+            msb4 = reg(range(32), L + "msb4", msb3)
+            # S5: float32(acc): the 24 kept bits and the round-half-even increment
+            top5 = reg(unsigned(24), L + "top5", norm4[8:32])
+            inc5 = reg(1, L + "inc5", norm4[7] & (norm4[:7].any() | norm4[8]))
+            msb5 = reg(range(32), L + "msb5", msb4)
+            # S6: rounded; a carry to 2**24 renormalises to 2**23 with msb + 1
+            rounded = Signal(25, name=L + "a_round")
+            m.d.comb += rounded.eq(top5 + inc5)
+            a6 = reg(unsigned(24), L + "a6", Mux(rounded[24], 1 << 23, rounded[:24]))
+            msb6 = reg(range(33), L + "msb6", msb5 + rounded[24])
+            m6 = delay(m2, 4, L + "m")
+            e6 = delay(e2, 4, L + "e")
+            neg6 = delay(neg2, 4, L + "neg")
+            # S7..S11: mantissa product
+            mul = UMul(24, 24, use_primitive=p.use_primitive)
+            m.submodules[L + "mul"] = mul
+            m.d.comb += [mul.a.eq(a6), mul.b.eq(m6), mul.ce.eq(en)]
+            assert mul.latency == 5
+            prod = mul.p
+            msb11 = delay(msb6, 5, L + "msb")
+            e11 = delay(e6, 5, L + "e6")
+            neg11 = delay(neg6, 5, L + "neg6")
+            # S12: float32 product: select the 24 kept bits, round bit, sticky; R
+            hi_bit = prod[47]
+            keep12 = reg(unsigned(24), L + "keep12", Mux(hi_bit, prod[24:48], prod[23:47]))
+            up12 = reg(1, L + "up12", Mux(hi_bit, prod[23], prod[22]) &
+                       (Mux(hi_bit, prod[:23].any(), prod[:22].any()) |
+                        Mux(hi_bit, prod[24], prod[23])))
+            r12 = reg(signed(8), L + "r12", e11 - msb11 - hi_bit)
+            neg12 = reg(1, L + "neg12", neg11)
+            # S13: rounded product P' (25 bits: a carry is kept); R clamped to [0, 26]
+            p13 = reg(unsigned(25), L + "p13", keep12 + up12)
+            rc13 = reg(unsigned(5), L + "rc13", Mux(r12 < 0, 0, Mux(r12 > 26, 26, r12)))
+            neg13 = reg(1, L + "neg13", neg12)
+            # S14: shift right by R keeping round and sticky bits: x = P' * 2**26 >> R
+            x14 = reg(unsigned(51), L + "x14", ((p13 << 26) >> rc13)[:51])
+            neg14 = reg(1, L + "neg14", neg13)
+            # S15: integer part (low 9 bits, any higher bit), round-half-even increment
+            ip = x14[26:51]
+            if p._inject_bug:
+                up = x14[25]
+            else:
+                up = x14[25] & (x14[:25].any() | ip[0])
+            ip15 = reg(unsigned(9), L + "ip15", ip[:9])
+            big15 = reg(1, L + "big15", ip[9:].any())
+            up15 = reg(1, L + "up15", up)
+            neg15 = reg(1, L + "neg15", neg14)
+            # S16: q = min(integer part + increment, 511) (the int8 clamp follows anyway;
+            # R <= 0 with P' != 0 means |value| >= 2**23: saturates too)
+            sat = big15 | (ip15.all() & up15)
+            q16 = reg(unsigned(9), L + "q16", Mux(sat, 511, ip15 + up15))
+            neg16 = reg(1, L + "neg16", neg15)
+            # S17: v = zero_point +- q, and the four comparisons telling whether v < lo or
+            # v > hi for either sign, made in the q domain against registered constants
+            v17 = reg(signed(11), L + "v17", Mux(neg16, zp_r - q16, zp_r + q16))
+            neg17 = reg(1, L + "neg17", neg16)
+            lt_n = reg(1, L + "lt_n17", q16 > dn_r)      # zp - q < lo
+            lt_p = reg(1, L + "lt_p17", q16 < ndn_r)     # zp + q < lo
+            gt_n = reg(1, L + "gt_n17", q16 < nup_r)     # zp - q > hi
+            gt_p = reg(1, L + "gt_p17", q16 > up_r)      # zp + q > hi
+            # S18: clamp to [lo, hi]  (output register)
+            y = Mux(Mux(neg17, lt_n, lt_p), lo_r, Mux(Mux(neg17, gt_n, gt_p), hi_r, v17))
+            y18 = reg(signed(8), L + "y18", y[:8])
+            m.d.comb += self.o_stream.payload[lane].eq(y18)
+        m.submodules.params = mem
+        return m
