@@ -1,0 +1,727 @@
+"""Arena readers and writers of the accelerator, and the sequencer's per-layer descriptors.
+
+Every compute layer of the program runs on the systolic array as a (grouped) convolution
+``out[o, p] = sum_k (x[k] - x_zp) * w[o, k] + bias[o]`` followed by the requantiser:
+
+* ``Conv2d`` 1x1 / K x K / grouped: the K x K patch of every output pixel is gathered
+  from the arena by :class:`PatchFeeder` (padding cells hold ``x_zp``), the weights come
+  from the weight store (section A of weights.bin, one ``C``-byte word per beat);
+* ``FullyConnected``: a convolution whose kernel is the whole input (one output pixel,
+  reduction order (pixel, channel), the order the weight image stores);
+* depthwise ``Conv2d``: a grouped convolution with ``groups = C`` (one output channel per
+  group), its weights from a byte-wide tap memory (channel-major copy of the depthwise
+  blocks of weights.bin), lane 0 of each weight beat;
+* ``GlobalAvgPool``: a grouped convolution over the whole input with weights 1 and bias 0
+  (``sum(x - x_zp)``), requantised with the pool's scale (the channel record).
+
+The arena is byte-wide (one read and one write per cycle): :class:`PatchFeeder` delivers
+one patch byte per cycle (``a_stream`` with ``L = 1``) and :class:`OutputWriter` stores one
+output byte per cycle through the output place (pitch, channel offsets, channel shuffle).
+
+:func:`layer_descriptors` derives the sequencer's descriptor table (:data:`DESC`) from a
+:class:`~hwgen.mapper.plan.Plan` and its program descriptors; :func:`weight_stores`
+splits weights.bin into the memories' initial contents.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.wiring import In, Out
+
+from . import add as _add
+from ..mapper import program as prog
+from ..mapper.plan import WEIGHTS_SECTION_A
+
+__all__ = ["DESC", "KIND_ARRAY", "KIND_MAXPOOL", "KIND_ADD", "KIND_AVGPOOL", "MaxPoolUnit", "AddUnit",
+           "AvgPoolUnit", "avgpool_configs", "MODE_WORD", "MODE_DW", "MODE_ONES", "LayerDesc", "layer_descriptors",
+           "weight_stores", "PatchFeeder", "WeightFeeder", "BiasFeeder", "OutputWriter"]
+
+#: Unit that runs a layer: the systolic array, the serial max-pool unit, the add unit.
+KIND_ARRAY, KIND_MAXPOOL, KIND_ADD, KIND_AVGPOOL = 0, 1, 2, 3
+_ADD_CFG = _add.CONFIG_LAYOUT
+#: Weight source of a layer: weight-store words, depthwise tap bytes, constant 1 (pooling).
+MODE_WORD, MODE_DW, MODE_ONES = 0, 1, 2
+
+#: The sequencer's descriptor (one per program descriptor), all fields precomputed.
+DESC = data.StructLayout({
+    "skip": unsigned(1),          # address remap: nothing to run
+    "kind": unsigned(2),          # KIND_*: which unit runs the layer
+    "table": unsigned(1),         # output through the 256-entry rescale table at t_base
+    "t_base": unsigned(24),       # channel-store word of the rescale table
+    "mode": unsigned(2),          # MODE_*
+    "bias_zero": unsigned(1),     # biases are 0 (pooling)
+    "ch_step": unsigned(1),       # 1: one channel record per output channel, 0: one record
+    "in_addr": unsigned(24), "in_pitch": unsigned(16),
+    "in_h": unsigned(16), "in_w": unsigned(16),
+    "kh": unsigned(8), "kw": unsigned(8), "sh": unsigned(8), "sw": unsigned(8),
+    "pad_t": unsigned(8), "pad_l": unsigned(8),
+    "out_h": unsigned(16), "out_w": unsigned(16),
+    "groups": unsigned(16), "cin_g": unsigned(16), "k": unsigned(24),
+    "cout_g": unsigned(16), "otiles": unsigned(16), "out_c": unsigned(16),
+    "pixels": unsigned(24), "beats": unsigned(32),
+    "x_zp": signed(8), "y_zp": signed(8), "lo": signed(8), "hi": signed(8),
+    "w_base": unsigned(24), "ch_base": unsigned(24),
+    "out_addr": unsigned(24), "out_pitch": unsigned(16), "out_pre": unsigned(16),
+    "out_post": unsigned(16), "sh_g": unsigned(16), "sh_n": unsigned(16),
+    "in1_addr": unsigned(24), "in1_pitch": unsigned(16),
+    "add_cfg": unsigned(_ADD_CFG.size),    # packed hwgen.hw.add.CONFIG_LAYOUT
+})
+
+
+@dataclass(frozen=True)
+class LayerDesc:
+    """Python values of one :data:`DESC` entry (``fields``) and the layer's name."""
+    name: str
+    fields: dict
+
+
+def weight_stores(plan, cols: int):
+    """Initial contents of the weight memories from weights.bin.
+
+    Returns ``(words, dw_bytes, dw_base, ch_words, b0)``: section A as ``cols``-byte words
+    (int, little-endian lanes), the depthwise tap bytes (channel-major, per depthwise layer
+    at ``dw_base[name]``), the 8-byte channel-store words of section B, and the byte address
+    of channel-store word 0.
+    """
+    img = prog.weight_image(plan)[:-4]
+    hdr = prog.decode_weight_image(prog.weight_image(plan))
+    a0, an = hdr["section_a"]
+    b0, bn = hdr["section_b"]
+    a = np.frombuffer(img[a0:a0 + an], np.uint8)
+    a = np.concatenate([a, np.zeros((-len(a)) % cols, np.uint8)]).reshape(-1, cols)
+    words = [int.from_bytes(row.tobytes(), "little") for row in a] or [0]
+    b0 = b0 - b0 % 8
+    b = np.frombuffer(img[b0:], np.uint8)
+    b = np.concatenate([b, np.zeros((-len(b)) % 8, np.uint8)])
+    ch_words = [int(v) for v in b.view("<u8")] or [0]
+    e = plan.engines
+    dw, dw_base = [], {}
+    for lp in plan.layers:
+        if lp.kind == "dw":
+            c = lp.out_shape[0]
+            kk = lp.w_bytes // (-(-c // e.dw_lanes) * e.dw_lanes)
+            blk = np.frombuffer(img[lp.w_addr:lp.w_addr + lp.w_bytes], np.int8)
+            blk = blk.reshape(-1, kk, e.dw_lanes).transpose(0, 2, 1).reshape(-1, kk)[:c]
+            dw_base[lp.name] = len(dw)
+            dw.extend(int(v) for v in blk.reshape(-1))
+    return words, dw or [0], dw_base, ch_words, b0
+
+
+def layer_descriptors(plan, cols: int) -> list[LayerDesc]:
+    """The sequencer's descriptors, one per program descriptor (firmware/README.md), with
+    every loop bound and base address precomputed.
+
+    Raises NotImplementedError for layers this accelerator does not run yet (windowed
+    pooling, residual add, copies) naming the layer.
+    """
+    _, _, dw_base, _, b0 = weight_stores(plan, cols)
+    img = prog.weight_image(plan)
+    ds = prog.descriptors(plan)
+    by_index = {lp.index: lp for lp in plan.layers}
+    out = []
+    for d in ds:
+        lp = by_index[d.node]
+        f = {k: 0 for k in DESC.members}
+        f.update(lo=d.lo, hi=d.hi, y_zp=d.y_zp, x_zp=d.x_zp)
+        if d.flags & prog.FLAGS["remap"]:
+            f["skip"] = 1
+            out.append(LayerDesc(lp.name, f))
+            continue
+        if lp.kind == "maxpool":
+            f.update(kind=KIND_MAXPOOL, in_addr=d.in0_addr, in_pitch=d.in0_pitch, in_h=d.in_h,
+                     in_w=d.in_w, kh=d.kh, kw=d.kw, sh=d.sh, sw=d.sw, pad_t=d.pad_top,
+                     pad_l=d.pad_left, out_h=d.out_h, out_w=d.out_w, out_c=d.out_c,
+                     out_addr=d.out_addr, out_pitch=d.out_pitch, out_pre=d.out_pre,
+                     out_post=d.out_post, sh_g=d.shuffle_groups,
+                     sh_n=(d.shuffle_channels // d.shuffle_groups) if d.shuffle_groups else 0)
+            if d.const_bytes:
+                assert (d.const_addr - b0) % 8 == 0, (lp.name, d.const_addr)
+                f.update(table=1, t_base=(d.const_addr - b0) // 8)
+            out.append(LayerDesc(lp.name, f))
+            continue
+        if lp.kind == "add":
+            f.update(kind=KIND_ADD, in_addr=d.in0_addr, in_pitch=d.in0_pitch,
+                     in1_addr=d.in1_addr, in1_pitch=d.in1_pitch, out_h=d.out_h, out_w=d.out_w,
+                     out_c=d.out_c, pixels=d.out_h * d.out_w,
+                     out_addr=d.out_addr, out_pitch=d.out_pitch, out_pre=d.out_pre,
+                     out_post=d.out_post, sh_g=d.shuffle_groups,
+                     sh_n=(d.shuffle_channels // d.shuffle_groups) if d.shuffle_groups else 0)
+            vals = struct.unpack_from("<IIqBBBBbb", img, d.const_addr)
+            cfg = _add.AddConfig(a_m=vals[0], b_m=vals[1], fixed=vals[2], a_sh=vals[3],
+                                 b_sh=vals[4], rshift=vals[5], offset=vals[6], lo=vals[7],
+                                 hi=vals[8])
+            f["add_cfg"] = cfg.pack()
+            out.append(LayerDesc(lp.name, f))
+            continue
+        if lp.kind == "avgpool":
+            f.update(kind=KIND_AVGPOOL, in_addr=d.in0_addr, in_pitch=d.in0_pitch, in_h=d.in_h,
+                     in_w=d.in_w, out_h=d.out_h, out_w=d.out_w, out_c=d.out_c,
+                     pixels=d.in_h * d.in_w,
+                     out_addr=d.out_addr, out_pitch=d.out_pitch, out_pre=d.out_pre,
+                     out_post=d.out_post, sh_g=d.shuffle_groups,
+                     sh_n=(d.shuffle_channels // d.shuffle_groups) if d.shuffle_groups else 0)
+            out.append(LayerDesc(lp.name, f))
+            continue
+        if lp.kind not in ("sa", "im2col", "fc", "dw", "gap"):
+            raise NotImplementedError(
+                f"layer '{lp.name}' ({lp.op}, {lp.kind}) runs on the {lp.engine} engine, which "
+                f"the accelerator does not drive yet")
+        c, h, w = d.in_c, d.in_h, d.in_w
+        f.update(in_addr=d.in0_addr, in_pitch=d.in0_pitch, in_h=h, in_w=w, out_c=d.out_c,
+                 out_addr=d.out_addr, out_pitch=d.out_pitch, out_pre=d.out_pre,
+                 out_post=d.out_post, sh_g=d.shuffle_groups,
+                 sh_n=(d.shuffle_channels // d.shuffle_groups) if d.shuffle_groups else 0,
+                 ch_step=1)
+        if d.ch_bytes:
+            assert (d.ch_addr - b0) % 8 == 0, (lp.name, d.ch_addr)
+            f["ch_base"] = (d.ch_addr - b0) // 8
+        if lp.kind in ("fc", "gap"):
+            f.update(kh=h, kw=w, sh=1, sw=1, pad_t=0, pad_l=0, out_h=1, out_w=1)
+        else:
+            f.update(kh=d.kh, kw=d.kw, sh=d.sh, sw=d.sw, pad_t=d.pad_top, pad_l=d.pad_left,
+                     out_h=d.out_h, out_w=d.out_w)
+        if lp.kind == "gap":
+            f.update(groups=c, cin_g=1, mode=MODE_ONES, bias_zero=1, ch_step=0)
+        elif lp.kind == "dw":
+            f.update(groups=c, cin_g=1, mode=MODE_DW, w_base=dw_base[lp.name])
+        else:
+            g = d.groups if lp.kind != "fc" else 1
+            f.update(groups=g, cin_g=c // g, mode=MODE_WORD)
+            assert (d.w_addr - WEIGHTS_SECTION_A) % cols == 0
+            f["w_base"] = (d.w_addr - WEIGHTS_SECTION_A) // cols
+        f["k"] = f["kh"] * f["kw"] * f["cin_g"]
+        f["cout_g"] = d.out_c // f["groups"]
+        f["otiles"] = -(-f["cout_g"] // cols)
+        f["pixels"] = f["out_h"] * f["out_w"]
+        f["beats"] = f["pixels"] * f["groups"] * f["otiles"]
+        out.append(LayerDesc(lp.name, f))
+    return out
+
+
+def _place_addr(m, d, pix, ch):
+    """Arena address of output channel ``ch`` of pixel ``pix`` through the layer's output
+    place: ``out_addr + pix * out_pitch + out_post + s(out_pre + ch)``."""
+    j = Signal(17)
+    sj = Signal(17)
+    m.d.comb += j.eq(d.out_pre + ch)
+    with m.If(d.sh_g != 0):
+        m.d.comb += sj.eq((j % d.sh_n) * d.sh_g + j // d.sh_n)
+    with m.Else():
+        m.d.comb += sj.eq(j)
+    return d.out_addr + pix * d.out_pitch + d.out_post + sj
+
+
+def _fifo_room(fifo, inflight, depth):
+    return (fifo.level + inflight) < depth - 1
+
+
+class PatchFeeder(wiring.Component):
+    """Gathers the patch vectors of every output pixel from the byte-wide arena.
+
+    Order: for each output pixel (raster), for each group, (ky, kx, ci) -- the systolic
+    array's ``a_stream`` order with ``L = 1``; cells outside the input give ``x_zp``.
+    Throughput one byte per cycle (counters, address stage, block-RAM read, FIFO);
+    latency 3 cycles.
+
+    Members
+    -------
+    desc: In(DESC), stable while running. start: In(1) pulse. done: Out(1), all bytes issued.
+    rd_addr: Out(24), rd_data: In(signed(8)): the arena read port (registered read).
+    o_stream: Out(stream of ArrayLayout(signed(8), 1)).
+    """
+    DEPTH = 16
+
+    def __init__(self):
+        super().__init__({
+            "desc": In(DESC), "start": In(1), "done": Out(1, init=1),
+            "rd_addr": Out(24), "rd_data": In(signed(8)),
+            "o_stream": Out(stream.Signature(data.ArrayLayout(signed(8), 1))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        d = self.desc
+        m.submodules.fifo = fifo = SyncFIFO(width=8, depth=self.DEPTH)
+        run = Signal()
+        oy, ox, g, ky, kx, ci = (Signal(16, name=n) for n in ("oy", "ox", "g", "ky", "kx", "ci"))
+        iy0, ix0 = Signal(signed(18)), Signal(signed(18))
+        cbase = Signal(16)
+        s1_v, s1_inb, s2_v, s2_inb = Signal(), Signal(), Signal(), Signal()
+        s1_iy, s1_ix = Signal(signed(18)), Signal(signed(18))
+        s1_c = Signal(16)
+
+        m.d.comb += self.done.eq(~run)
+        issue = run & _fifo_room(fifo, s1_v + s2_v, self.DEPTH)
+        iy = iy0 + ky
+        ix = ix0 + kx
+        m.d.sync += [s1_v.eq(issue), s1_iy.eq(iy), s1_ix.eq(ix), s1_c.eq(cbase + ci),
+                     s1_inb.eq((iy >= 0) & (iy < d.in_h) & (ix >= 0) & (ix < d.in_w))]
+        pix = (s1_iy.as_unsigned()[:16] * d.in_w + s1_ix.as_unsigned()[:16])[:24]
+        m.d.comb += self.rd_addr.eq(d.in_addr + pix * d.in_pitch + s1_c)
+        m.d.sync += [s2_v.eq(s1_v), s2_inb.eq(s1_inb)]
+        m.d.comb += [fifo.w_en.eq(s2_v), fifo.w_data.eq(Mux(s2_inb, self.rd_data, d.x_zp)),
+                     self.o_stream.valid.eq(fifo.r_rdy), self.o_stream.payload.eq(fifo.r_data),
+                     fifo.r_en.eq(self.o_stream.ready)]
+
+        with m.If(self.start):
+            m.d.sync += [run.eq(1), oy.eq(0), ox.eq(0), g.eq(0), ky.eq(0), kx.eq(0), ci.eq(0),
+                         iy0.eq(-d.pad_t), ix0.eq(-d.pad_l), cbase.eq(0)]
+        with m.Elif(issue):
+            m.d.sync += ci.eq(ci + 1)
+            with m.If(ci == d.cin_g - 1):
+                m.d.sync += [ci.eq(0), kx.eq(kx + 1)]
+                with m.If(kx == d.kw - 1):
+                    m.d.sync += [kx.eq(0), ky.eq(ky + 1)]
+                    with m.If(ky == d.kh - 1):
+                        m.d.sync += [ky.eq(0), g.eq(g + 1), cbase.eq(cbase + d.cin_g)]
+                        with m.If(g == d.groups - 1):
+                            m.d.sync += [g.eq(0), cbase.eq(0), ox.eq(ox + 1), ix0.eq(ix0 + d.sw)]
+                            with m.If(ox == d.out_w - 1):
+                                m.d.sync += [ox.eq(0), ix0.eq(-d.pad_l), oy.eq(oy + 1),
+                                             iy0.eq(iy0 + d.sh)]
+                                with m.If(oy == d.out_h - 1):
+                                    m.d.sync += run.eq(0)
+        return m
+
+
+class WeightFeeder(wiring.Component):
+    """Replays a layer's weight block once per pixel tile: ``groups * otiles * k`` beats of
+    ``cols`` int8 (weight-store words; depthwise: the tap byte in lane 0; pooling: 1 in
+    lane 0). One beat per cycle, latency 2 cycles (block-RAM read, FIFO).
+
+    Members
+    -------
+    desc, start, done: as :class:`PatchFeeder`. tiles: In(24), pixel tiles of the layer.
+    w_addr / w_data: weight-store read port; t_addr / t_data: depthwise tap-memory read port.
+    o_stream: Out(stream of ArrayLayout(signed(8), cols)).
+    """
+    DEPTH = 8
+
+    def __init__(self, cols: int):
+        self.cols = cols
+        super().__init__({
+            "desc": In(DESC), "start": In(1), "done": Out(1, init=1), "tiles": In(24),
+            "w_addr": Out(24), "w_data": In(8 * cols), "t_addr": Out(24), "t_data": In(signed(8)),
+            "o_stream": Out(stream.Signature(data.ArrayLayout(signed(8), cols))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        d = self.desc
+        C = self.cols
+        m.submodules.fifo = fifo = SyncFIFO(width=8 * C, depth=self.DEPTH)
+        run = Signal()
+        pt = Signal(24)
+        i = Signal(32)
+        n = Signal(32)
+        s1_v = Signal()
+        m.d.comb += self.done.eq(~run)
+        issue = run & _fifo_room(fifo, s1_v, self.DEPTH)
+        m.d.comb += [self.w_addr.eq(d.w_base + i), self.t_addr.eq(d.w_base + i)]
+        m.d.sync += s1_v.eq(issue)
+        word = Signal(8 * C)
+        with m.Switch(d.mode):
+            with m.Case(MODE_WORD):
+                m.d.comb += word.eq(self.w_data)
+            with m.Case(MODE_DW):
+                m.d.comb += word.eq(self.t_data.as_unsigned())
+            with m.Default():
+                m.d.comb += word.eq(1)
+        m.d.comb += [fifo.w_en.eq(s1_v), fifo.w_data.eq(word),
+                     self.o_stream.valid.eq(fifo.r_rdy), self.o_stream.payload.eq(fifo.r_data),
+                     fifo.r_en.eq(self.o_stream.ready)]
+        with m.If(self.start):
+            m.d.sync += [run.eq(1), pt.eq(0), i.eq(0), n.eq(d.groups * d.otiles * d.k)]
+        with m.Elif(issue):
+            m.d.sync += i.eq(i + 1)
+            with m.If(i == n - 1):
+                m.d.sync += [i.eq(0), pt.eq(pt + 1)]
+                with m.If(pt == self.tiles - 1):
+                    m.d.sync += run.eq(0)
+        return m
+
+
+class BiasFeeder(wiring.Component):
+    """One beat of ``cols`` int32 biases per (pixel tile, group, output tile) from the
+    channel store (8-byte records: int32 bias, scale word); lanes past the group's channels
+    are 0. ``nvalid + 2`` cycles per beat (one record read per cycle).
+
+    Members
+    -------
+    desc, start, done, tiles: as :class:`WeightFeeder`.
+    rd_addr: Out(24), rd_data: In(64): channel-store read port.
+    o_stream: Out(stream of ArrayLayout(signed(32), cols)).
+    """
+
+    def __init__(self, cols: int):
+        self.cols = cols
+        super().__init__({
+            "desc": In(DESC), "start": In(1), "done": Out(1, init=1), "tiles": In(24),
+            "rd_addr": Out(24), "rd_data": In(64),
+            "o_stream": Out(stream.Signature(data.ArrayLayout(signed(32), cols))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        d = self.desc
+        C = self.cols
+        pt = Signal(24)
+        g = Signal(16)
+        ot = Signal(16)
+        c = Signal(range(C + 1))
+        obase = Signal(24)       # g * cout_g + ot * C
+        rem = Signal(signed(18))  # cout_g - ot * C
+        vec = Signal(data.ArrayLayout(signed(32), C))
+        cap_v = Signal()
+        cap_lane = Signal(range(C))
+        nvalid = Mux(rem > C, C, rem)
+        m.d.comb += [self.rd_addr.eq(d.ch_base + obase + c), self.o_stream.payload.eq(vec)]
+        m.d.sync += cap_v.eq(0)
+        with m.If(cap_v):
+            m.d.sync += vec[cap_lane].eq(self.rd_data[:32])
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.done.eq(1)
+                with m.If(self.start):
+                    m.d.sync += [pt.eq(0), g.eq(0), ot.eq(0), c.eq(0), obase.eq(0),
+                                 rem.eq(d.cout_g), vec.eq(0)]
+                    m.next = "FILL"
+            with m.State("FILL"):
+                with m.If((c < nvalid) & ~d.bias_zero):
+                    m.d.sync += [cap_v.eq(1), cap_lane.eq(c), c.eq(c + 1)]
+                with m.Else():
+                    m.next = "SETTLE"
+            with m.State("SETTLE"):
+                m.next = "OUT"
+            with m.State("OUT"):
+                m.d.comb += self.o_stream.valid.eq(1)
+                with m.If(self.o_stream.ready):
+                    m.d.sync += [vec.eq(0), c.eq(0), ot.eq(ot + 1), obase.eq(obase + C),
+                                 rem.eq(rem - C)]
+                    m.next = "FILL"
+                    with m.If(ot == d.otiles - 1):
+                        m.d.sync += [ot.eq(0), g.eq(g + 1), rem.eq(d.cout_g),
+                                     obase.eq(obase + rem)]
+                        with m.If(g == d.groups - 1):
+                            m.d.sync += [g.eq(0), obase.eq(0), pt.eq(pt + 1)]
+                            with m.If(pt == self.tiles - 1):
+                                m.next = "IDLE"
+        return m
+
+
+class OutputWriter(wiring.Component):
+    """Stores the requantised output beats into the arena, one byte per cycle.
+
+    Lane ``c`` of a beat ``{y, ch, pix}`` is output channel ``ch + c`` of pixel ``pix``;
+    lanes past the group's channels are dropped. Channel ``j = ch + c`` goes to
+    ``out_addr + pix * out_pitch + out_post + s(out_pre + j)`` with ``s`` the channel
+    shuffle (firmware/README.md). ``count`` counts the beats consumed since ``start``.
+
+    Members
+    -------
+    desc: In(DESC). start: In(1). count: Out(32).
+    i_stream: In(stream of {y: cols x int8, ch, pix}).
+    wr_en, wr_addr, wr_data: the arena write port.
+    """
+
+    def __init__(self, cols: int, in_layout):
+        self.cols = cols
+        super().__init__({
+            "desc": In(DESC), "start": In(1), "count": Out(32),
+            "i_stream": In(stream.Signature(in_layout)),
+            "wr_en": Out(1), "wr_addr": Out(24), "wr_data": Out(signed(8)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        d = self.desc
+        C = self.cols
+        s = self.i_stream
+        ch = s.payload.ch
+        gend = Signal(16)
+        c = Signal(range(C))
+        ge = Signal(17)
+        with m.If(ch == 0):
+            m.d.comb += ge.eq(d.cout_g)
+        with m.Elif(ch >= gend):
+            m.d.comb += ge.eq(gend + d.cout_g)
+        with m.Else():
+            m.d.comb += ge.eq(gend)
+        left = ge - ch
+        nv = Mux(left > C, C, left)
+        m.d.comb += [self.wr_addr.eq(_place_addr(m, d, s.payload.pix, ch + c)),
+                     self.wr_data.eq(s.payload.y[c]), self.wr_en.eq(s.valid)]
+        last = c == nv - 1
+        m.d.comb += s.ready.eq(last)
+        with m.If(self.start):
+            m.d.sync += [self.count.eq(0), c.eq(0), gend.eq(0)]
+        with m.Elif(s.valid):
+            m.d.sync += c.eq(c + 1)
+            with m.If(last):
+                m.d.sync += [c.eq(0), gend.eq(ge), self.count.eq(self.count + 1)]
+        return m
+
+
+class MaxPoolUnit(wiring.Component):
+    """Serial max pooling: one output element per ``kh * kw + 3`` cycles.
+
+    For each output pixel (raster) and channel, the window's cells inside the input are
+    read from the arena one per cycle (padding and ceil-mode overhang never win, as in
+    ONNX), the maximum goes through the rescale table when the input and output
+    quantisation differ (``table``: the 256-byte :func:`hwgen.golden.arith.rescale_lut`
+    block in the channel store), is clamped to ``[lo, hi]`` and written through the output
+    place.
+
+    Members
+    -------
+    desc, start, done: as :class:`PatchFeeder`.
+    rd_addr / rd_data: arena read port. t_addr / t_data: channel-store read port.
+    wr_en, wr_addr, wr_data: arena write port.
+    """
+
+    def __init__(self):
+        super().__init__({
+            "desc": In(DESC), "start": In(1), "done": Out(1),
+            "rd_addr": Out(24), "rd_data": In(signed(8)), "t_addr": Out(24), "t_data": In(64),
+            "wr_en": Out(1), "wr_addr": Out(24), "wr_data": Out(signed(8)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        d = self.desc
+        oy, ox, c, ky, kx = (Signal(16, name=n) for n in ("oy", "ox", "c", "ky", "kx"))
+        iy0, ix0 = Signal(signed(18)), Signal(signed(18))
+        pix = Signal(24)
+        mx = Signal(signed(9))
+        s1_v = Signal()
+        iy = iy0 + ky
+        ix = ix0 + kx
+        inb = (iy >= 0) & (iy < d.in_h) & (ix >= 0) & (ix < d.in_w)
+        addr = (iy.as_unsigned()[:16] * d.in_w + ix.as_unsigned()[:16])[:24] * d.in_pitch
+        m.d.comb += self.rd_addr.eq(d.in_addr + addr + c)
+        m.d.sync += s1_v.eq(0)
+        with m.If(s1_v & (self.rd_data > mx)):
+            m.d.sync += mx.eq(self.rd_data)
+        idx = Signal(8)
+        m.d.comb += [idx.eq(mx[:8] ^ 0x80), self.t_addr.eq(d.t_base + idx[3:])]
+        tv = Signal(signed(8))
+        m.d.comb += tv.eq(Mux(d.table, self.t_data.word_select(idx[:3], 8), mx[:8]).as_signed())
+        m.d.comb += [self.wr_addr.eq(_place_addr(m, d, pix, c)),
+                     self.wr_data.eq(Mux(tv < d.lo, d.lo, Mux(tv > d.hi, d.hi, tv)))]
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.done.eq(1)
+                with m.If(self.start):
+                    m.d.sync += [oy.eq(0), ox.eq(0), c.eq(0), ky.eq(0), kx.eq(0), pix.eq(0),
+                                 iy0.eq(-d.pad_t), ix0.eq(-d.pad_l), mx.eq(-129)]
+                    m.next = "TAP"
+            with m.State("TAP"):
+                m.d.sync += [s1_v.eq(inb), kx.eq(kx + 1)]
+                with m.If(kx == d.kw - 1):
+                    m.d.sync += [kx.eq(0), ky.eq(ky + 1)]
+                    with m.If(ky == d.kh - 1):
+                        m.d.sync += ky.eq(0)
+                        m.next = "LAST"
+            with m.State("LAST"):
+                m.next = "TAB"
+            with m.State("TAB"):
+                m.next = "WRITE"
+            with m.State("WRITE"):
+                m.d.comb += self.wr_en.eq(1)
+                m.d.sync += [mx.eq(-129), c.eq(c + 1)]
+                m.next = "TAP"
+                with m.If(c == d.out_c - 1):
+                    m.d.sync += [c.eq(0), ox.eq(ox + 1), ix0.eq(ix0 + d.sw), pix.eq(pix + 1)]
+                    with m.If(ox == d.out_w - 1):
+                        m.d.sync += [ox.eq(0), ix0.eq(-d.pad_l), oy.eq(oy + 1),
+                                     iy0.eq(iy0 + d.sh)]
+                        with m.If(oy == d.out_h - 1):
+                            m.next = "IDLE"
+        return m
+
+
+class AddUnit(wiring.Component):
+    """Residual add through :class:`hwgen.hw.add.Adder` (one lane): element ``(p, c)`` of
+    both inputs is read from the arena (two reads, one per cycle), the pair enters the
+    adder, and its result is written through the output place. Two cycles per element.
+
+    Members
+    -------
+    desc, start, done: as :class:`MaxPoolUnit`. rd_addr / rd_data: arena read port.
+    wr_en, wr_addr, wr_data: arena write port.
+    """
+    DEPTH = 8
+
+    def __init__(self, use_primitive=None):
+        self.use_primitive = use_primitive
+        super().__init__({
+            "desc": In(DESC), "start": In(1), "done": Out(1, init=1),
+            "rd_addr": Out(24), "rd_data": In(signed(8)),
+            "wr_en": Out(1), "wr_addr": Out(24), "wr_data": Out(signed(8)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        d = self.desc
+        m.submodules.adder = adder = _add.Adder(_add.AddParams(lanes=1,
+                                                               use_primitive=self.use_primitive))
+        m.submodules.fifo = fifo = SyncFIFO(width=16, depth=self.DEPTH)
+        m.d.comb += adder.config.eq(d.add_cfg)
+        run = Signal()
+        p, c = Signal(24), Signal(16)
+        phase = Signal()
+        s1_v, s1_ph = Signal(), Signal()
+        a_reg = Signal(signed(8))
+        issue = run & (phase | _fifo_room(fifo, s1_v, self.DEPTH))
+        pa = Mux(phase, d.in1_addr + p * d.in1_pitch, d.in_addr + p * d.in_pitch)
+        m.d.comb += self.rd_addr.eq(pa + c)
+        m.d.sync += [s1_v.eq(issue), s1_ph.eq(phase)]
+        with m.If(s1_v & ~s1_ph):
+            m.d.sync += a_reg.eq(self.rd_data)
+        m.d.comb += [fifo.w_en.eq(s1_v & s1_ph), fifo.w_data.eq(Cat(a_reg, self.rd_data))]
+        a, b = adder.a_stream, adder.b_stream
+        m.d.comb += [a.valid.eq(fifo.r_rdy), b.valid.eq(fifo.r_rdy),
+                     a.payload[0].eq(fifo.r_data[:8]), b.payload[0].eq(fifo.r_data[8:]),
+                     fifo.r_en.eq(a.valid & a.ready)]
+        with m.If(self.start):
+            m.d.sync += [run.eq(1), p.eq(0), c.eq(0), phase.eq(0)]
+        with m.Elif(issue):
+            m.d.sync += phase.eq(~phase)
+            with m.If(phase):
+                m.d.sync += c.eq(c + 1)
+                with m.If(c == d.out_c - 1):
+                    m.d.sync += [c.eq(0), p.eq(p + 1)]
+                    with m.If(p == d.pixels - 1):
+                        m.d.sync += run.eq(0)
+        # write side
+        wrun = Signal()
+        wp, wc = Signal(24), Signal(16)
+        o = adder.o_stream
+        m.d.comb += [o.ready.eq(1), self.wr_en.eq(o.valid & wrun),
+                     self.wr_addr.eq(_place_addr(m, d, wp, wc)), self.wr_data.eq(o.payload[0]),
+                     self.done.eq(~wrun)]
+        with m.If(self.start):
+            m.d.sync += [wrun.eq(1), wp.eq(0), wc.eq(0)]
+        with m.Elif(o.valid & wrun):
+            m.d.sync += wc.eq(wc + 1)
+            with m.If(wc == d.out_c - 1):
+                m.d.sync += [wc.eq(0), wp.eq(wp + 1)]
+                with m.If(wp == d.pixels - 1):
+                    m.d.sync += wrun.eq(0)
+        return m
+
+
+def avgpool_configs(plan) -> tuple[list, int, int]:
+    """Per program descriptor the :meth:`hwgen.hw.pool.PoolParams.config` of an average
+    pool (None for other layers), from the constant block of weights.bin, and the widest /
+    tallest padded walk the pool unit needs."""
+    from .pool import PoolMode, PoolParams
+    img = prog.weight_image(plan)
+    probe = PoolParams(lanes=1, max_width=4096, max_height=4096, max_pool=False,
+                       avg_pool=True, global_pool=False)
+    cfgs, mw, mh = [], 8, 8
+    for d in prog.descriptors(plan):
+        if d.op != prog.OPS["AvgPool"] or d.flags & prog.FLAGS["remap"]:
+            cfgs.append(None)
+            continue
+        xs, ys, x_zp, y_zp, fl, lo, hi = struct.unpack_from("<IIbbBbb", img, d.const_addr)
+        f32 = lambda b: float(np.array([b], np.uint32).view(np.float32)[0])   # noqa: E731
+        if (d.kh, d.kw) != (3, 3) or d.sh != d.sw:
+            raise NotImplementedError(f"average pool {d.kh}x{d.kw}/{d.sh} (node {d.node}): the "
+                                      f"pool unit runs 3x3 windows")
+        cfg = probe.config(PoolMode.AVG, d.in_h, d.in_w, stride=d.sh,
+                           padding=(d.pad_top, d.pad_left, d.pad_bottom, d.pad_right),
+                           ceil_mode=bool(fl & 2), count_include_pad=bool(fl & 1),
+                           x_scale=f32(xs), x_zp=x_zp, y_scale=f32(ys), y_zp=y_zp,
+                           offset=128 if d.flags & prog.FLAGS["uint8"] else 0, lo=lo, hi=hi)
+        cfgs.append(cfg)
+        mw, mh = max(mw, cfg["xe"]), max(mh, cfg["ye"])
+    return cfgs, mw, mh
+
+
+class AvgPoolUnit(wiring.Component):
+    """Average pooling through :class:`hwgen.hw.pool.PoolUnit` (one lane, AVG mode): each
+    channel's input plane is read from the arena in raster order (one byte per cycle), the
+    unit's outputs are written through the output place. The per-layer register values
+    (:func:`avgpool_configs`) sit in a small ROM indexed by the program counter (entries
+    of other layers repeat an average pool's geometry: the unit's walk must see a real
+    geometry whenever it is idle).
+
+    Throughput: the pool unit's (one window per ``AvgFinisher.interval`` cycles).
+
+    Members
+    -------
+    index: In, the sequencer's descriptor index. desc, start, done: as :class:`AddUnit`.
+    rd_addr / rd_data: arena read port. wr_en, wr_addr, wr_data: arena write port.
+    """
+    DEPTH = 8
+
+    def __init__(self, cfgs: list, max_width: int, max_height: int, index_bits: int,
+                 use_primitive=None):
+        from .pool import PoolParams, PoolUnit
+        self.pool = PoolUnit(PoolParams(lanes=1, max_width=max_width, max_height=max_height,
+                                        max_pool=False, avg_pool=True, global_pool=False,
+                                        use_primitive=use_primitive))
+        self.cfgs = cfgs
+        self.names = [k for k in next(c for c in cfgs if c is not None)]
+        super().__init__({
+            "index": In(index_bits), "desc": In(DESC), "start": In(1), "done": Out(1, init=1),
+            "rd_addr": Out(24), "rd_data": In(signed(8)),
+            "wr_en": Out(1), "wr_addr": Out(24), "wr_data": Out(signed(8)),
+        })
+
+    def elaborate(self, platform):
+        from amaranth.lib.memory import Memory
+        m = Module()
+        d = self.desc
+        m.submodules.pool = pool = self.pool
+        members = pool.signature.members
+        lay = data.StructLayout({k: members[k].shape for k in self.names})
+        # Every entry holds a real geometry (other layers: the first average pool's): with
+        # height = width = 0 the pool unit would walk virtual padding positions while idle
+        # and start the next average pool misaligned. Asynchronous read: valid from reset.
+        safe = next(c for c in self.cfgs if c is not None)
+        init = [lay.const({k: (c or safe)[k] for k in self.names}) for c in self.cfgs]
+        m.submodules.cfgrom = rom = Memory(shape=lay, depth=len(init), init=init)
+        rp = rom.read_port(domain="comb")
+        m.d.comb += rp.addr.eq(self.index)
+        for k in self.names:
+            m.d.comb += getattr(pool, k).eq(getattr(rp.data, k))
+        m.submodules.fifo = fifo = SyncFIFO(width=8, depth=self.DEPTH)
+        run = Signal()
+        p, c = Signal(24), Signal(16)
+        s1_v = Signal()
+        issue = run & _fifo_room(fifo, s1_v, self.DEPTH)
+        m.d.comb += self.rd_addr.eq(d.in_addr + p * d.in_pitch + c)
+        m.d.sync += s1_v.eq(issue)
+        m.d.comb += [fifo.w_en.eq(s1_v), fifo.w_data.eq(self.rd_data),
+                     pool.i_stream.valid.eq(fifo.r_rdy), pool.i_stream.payload.eq(fifo.r_data),
+                     fifo.r_en.eq(pool.i_stream.ready)]
+        with m.If(self.start):
+            m.d.sync += [run.eq(1), p.eq(0), c.eq(0)]
+        with m.Elif(issue):
+            m.d.sync += p.eq(p + 1)
+            with m.If(p == d.pixels - 1):
+                m.d.sync += [p.eq(0), c.eq(c + 1)]
+                with m.If(c == d.out_c - 1):
+                    m.d.sync += run.eq(0)
+        wrun = Signal()
+        wp, wc = Signal(24), Signal(16)
+        o = pool.o_stream
+        m.d.comb += [o.ready.eq(1), self.wr_en.eq(o.valid & wrun),
+                     self.wr_addr.eq(_place_addr(m, d, wp, wc)), self.wr_data.eq(o.payload),
+                     self.done.eq(~wrun & ~run & ~pool.busy)]
+        with m.If(self.start):
+            m.d.sync += [wrun.eq(1), wp.eq(0), wc.eq(0)]
+        with m.Elif(o.valid & wrun):
+            m.d.sync += wp.eq(wp + 1)
+            with m.If(wp == d.out_h * d.out_w - 1):
+                m.d.sync += [wp.eq(0), wc.eq(wc + 1)]
+                with m.If(wc == d.out_c - 1):
+                    m.d.sync += wrun.eq(0)
+        return m

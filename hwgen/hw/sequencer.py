@@ -1,0 +1,128 @@
+"""Sequencer: walks the layer program, one layer at a time.
+
+The program store (block RAM, one :data:`hwgen.hw.layer_io.DESC` word per program
+descriptor, initialised from the compiler's program by
+:func:`hwgen.hw.layer_io.layer_descriptors`) is read in order. Per layer the FSM
+
+1. ``FETCH``/``LATCH``: reads the descriptor into the layer register (2 cycles); address
+   remaps (``skip``) go straight to ``NEXT``;
+2. ``PARAM`` (systolic-array layers): copies the layer's requantisation scales from the channel store into the
+   requantiser's parameter memory (``out_c + 2`` cycles; one record per output channel, or
+   the single pooling record for every channel);
+3. ``START``/``RUN``: pulses ``run_start`` (the feeders and the writer restart their loops)
+   and waits for ``layer_done``;
+4. ``NEXT``: stores the layer's cycle count (start of ``FETCH`` to the end of ``RUN``) in
+   the layer-cycle memory (read back through ``dbg_addr``/``dbg_data``), then moves on;
+   after the last descriptor pulses ``finished``.
+
+Overhead per layer: about ``out_c + 7`` cycles outside ``RUN``.
+"""
+from __future__ import annotations
+
+from amaranth import Module, Mux, Signal, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from .layer_io import DESC
+from .requant import PARAM_LAYOUT
+
+__all__ = ["Sequencer"]
+
+
+class Sequencer(wiring.Component):
+    """Layer-program FSM (see the module docstring).
+
+    Parameters
+    ----------
+    descs: list of dicts, the :data:`DESC` values of each layer.
+    rq_ch_bits: address width of the requantiser's parameter memory.
+
+    Members
+    -------
+    go: In(1), start an inference. finished: Out(1), pulse after the last layer.
+    desc: Out(DESC), the current layer. run_start: Out(1) pulse. layer_done: In(1).
+    tiles: Out(24): pixel tiles of the current layer (``ceil(pixels / rows)``).
+    ch_sel: Out(1), the sequencer owns the channel-store read port (``ch_addr``/``ch_data``).
+    p_en, p_addr, p_data: requantiser parameter write port.
+    dbg_addr: In, dbg_data: Out(32): registered read of the per-layer cycle counts.
+    """
+
+    def __init__(self, descs: list[dict], rows: int, rq_ch_bits: int):
+        self.descs = descs
+        self.rows = rows
+        self.n = len(descs)
+        self.ab = max(1, ceil_log2(self.n))
+        super().__init__({
+            "go": In(1), "finished": Out(1), "desc": Out(DESC), "run_start": Out(1),
+            "layer_done": In(1), "tiles": Out(24), "ch_sel": Out(1),
+            "ch_addr": Out(24), "ch_data": In(64),
+            "p_en": Out(1), "p_addr": Out(rq_ch_bits), "p_data": Out(PARAM_LAYOUT),
+            "dbg_addr": In(self.ab), "dbg_data": Out(32), "index": Out(self.ab),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.rom = rom = Memory(shape=DESC, depth=self.n, init=self.descs)
+        m.submodules.lcyc = lmem = Memory(shape=unsigned(32), depth=self.n, init=[])
+        rp = rom.read_port()
+        lw = lmem.write_port()
+        lr = lmem.read_port()
+        m.d.comb += [lr.addr.eq(self.dbg_addr), self.dbg_data.eq(lr.data)]
+
+        d = Signal(DESC)
+        m.d.comb += self.desc.eq(d)
+        idx = Signal(self.ab)
+        m.d.comb += [rp.addr.eq(idx), self.index.eq(idx)]
+        lcyc = Signal(32)
+        m.d.sync += lcyc.eq(lcyc + 1)
+        o = Signal(17)
+        pv = Signal()
+        po = Signal(17)
+        m.d.sync += pv.eq(0)
+        m.d.comb += self.ch_addr.eq(d.ch_base + Mux(d.ch_step, o, 0))
+        m.d.comb += [self.p_en.eq(pv), self.p_addr.eq(po),
+                     self.p_data.m.eq(self.ch_data[32:56]), self.p_data.e.eq(self.ch_data[56:62])]
+        rows = self.rows
+        m.d.sync += self.tiles.eq((d.pixels + rows - 1) // rows)
+
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(self.go):
+                    m.d.sync += idx.eq(0)
+                    m.next = "FETCH"
+            with m.State("FETCH"):
+                m.d.sync += lcyc.eq(1)
+                m.next = "LATCH"
+            with m.State("LATCH"):
+                m.d.sync += [d.eq(rp.data), o.eq(0)]
+                with m.If(rp.data.skip):
+                    m.next = "NEXT"
+                with m.Elif(rp.data.kind != 0):
+                    m.next = "START"
+                with m.Else():
+                    m.next = "PARAM"
+            with m.State("PARAM"):
+                m.d.comb += self.ch_sel.eq(1)
+                with m.If(o < d.out_c):
+                    m.d.sync += [pv.eq(1), po.eq(o), o.eq(o + 1)]
+                with m.Else():
+                    m.next = "START"
+            with m.State("START"):
+                m.d.comb += self.run_start.eq(1)
+                m.next = "RUN"
+            with m.State("RUN"):
+                with m.If(self.layer_done):
+                    m.next = "NEXT"
+            with m.State("NEXT"):
+                m.d.comb += [lw.en.eq(1), lw.addr.eq(idx), lw.data.eq(lcyc)]
+                m.d.sync += idx.eq(idx + 1)
+                with m.If(idx == self.n - 1):
+                    m.next = "FIN"
+                with m.Else():
+                    m.next = "FETCH"
+            with m.State("FIN"):
+                m.d.comb += self.finished.eq(1)
+                m.next = "IDLE"
+        return m
