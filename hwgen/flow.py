@@ -224,14 +224,14 @@ def build(model: str, board: str = "ulx3s", device: str | None = None, clock_mhz
     :class:`FlowError` on a timing failure unless ``allow_timing_fail``.
     """
     import json as _json
+    say = progress or (lambda stage, msg: None)
+    say("map", f"quantizing and mapping {model}")
+    qg, p, b = _board_plan(model, board, device, strict=True, **opts)   # fit check first
     from boards.build import build_bitstream
     from boards.top import ULX3STop
     from .hw.accelerator import Accelerator
     from .mapper.program import write_build_files
     from .report import make_report, write_reports
-    say = progress or (lambda stage, msg: None)
-    say("map", f"quantizing and mapping {model}")
-    qg, p, b = _board_plan(model, board, device, strict=True, **opts)
     outdir = Path(out)
     outdir.mkdir(parents=True, exist_ok=True)
     write_build_files(p, outdir)
