@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import ir
-from .ops import _pool_geometry, _taps, pads4, pair
+from .ops import _pool_geometry, _taps, conv_taps, pads4, pair
 
 __all__ = ["run_float"]
 
@@ -23,20 +23,7 @@ def _conv(x, w, b, stride, padding, groups):
     ow = ir.pool_out_size(wd, kw, sw, l, r)
     xp = np.zeros((n, c, h + t + bo, wd + l + r), np.float64)
     xp[:, :, t:t + h, l:l + wd] = x
-    og = o // groups
-    wf = w.astype(np.float64)
-    acc = np.zeros((n, o, oh, ow), np.float64)
-    depthwise = cg == 1 and groups == c
-    for i, j, v in _taps(xp, kh, kw, sh, sw, oh, ow):
-        if depthwise:
-            src = v if og == 1 else np.repeat(v, og, axis=1)
-            acc += src * wf[:, 0, i, j][None, :, None, None]
-        elif groups == 1:
-            cols = v.transpose(1, 0, 2, 3).reshape(c, -1)
-            acc += (wf[:, :, i, j] @ cols).reshape(o, n, oh, ow).transpose(1, 0, 2, 3)
-        else:
-            vg = v.reshape(n, groups, cg, oh * ow)
-            acc += np.matmul(wf[:, :, i, j].reshape(groups, og, cg)[None], vg).reshape(n, o, oh, ow)
+    acc = conv_taps(xp, w.astype(np.float64), (sh, sw), (oh, ow), groups)
     return acc + np.asarray(b, np.float64)[None, :, None, None]
 
 

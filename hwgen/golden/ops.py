@@ -66,6 +66,32 @@ def _i8(x, name="x"):
     return x
 
 
+def conv_taps(xp: np.ndarray, wf: np.ndarray, stride, out_hw, groups: int) -> np.ndarray:
+    """sum over taps of the padded float64 input ``xp`` (N, C, Hp, Wp) times ``wf``
+    (O, C/groups, kh, kw): float64 (N, O, OH, OW). Exact for int8 data (sums < 2**53); shared
+    by the integer conv (on x - x_zp) and the float reference."""
+    n, c = xp.shape[:2]
+    o, cg, kh, kw = wf.shape
+    (sh, sw), (oh, ow) = stride, out_hw
+    og = o // groups
+    acc = np.zeros((n, o, oh, ow), np.float64)
+    depthwise = cg == 1 and groups == c
+    for i, j, v in _taps(xp, kh, kw, sh, sw, oh, ow):
+        if depthwise:
+            # output channel k reads input channel k // og (channel multiplier og)
+            src = v if og == 1 else np.repeat(v, og, axis=1)
+            acc += src * wf[:, 0, i, j][None, :, None, None]
+        elif groups == 1:
+            # one BLAS GEMM (float64: exact) per tap: (O, C) @ (C, N*OH*OW)
+            cols = v.transpose(1, 0, 2, 3).reshape(c, -1)
+            acc += (wf[:, :, i, j] @ cols).reshape(o, n, oh, ow).transpose(1, 0, 2, 3)
+        else:
+            vg = v.reshape(n, groups, cg, oh * ow)
+            wg = wf[:, :, i, j].reshape(groups, og, cg)
+            acc += np.matmul(wg[None], vg).reshape(n, o, oh, ow)
+    return acc
+
+
 def _taps(xp, kh, kw, sh, sw, oh, ow):
     """Yield (i, j, view) for every kernel tap: view[n, c, y, x] = xp[n, c, y*sh+i, x*sw+j]."""
     for i in range(kh):
@@ -104,24 +130,7 @@ def conv2d_acc(x, x_zp: int, w, bias=None, stride=1, padding=0, groups: int = 1)
         raise ValueError(f"input {h}x{wd} smaller than kernel {kh}x{kw} with padding {(t, l, b, r)}")
     xp = np.zeros((n, c, h + t + b, wd + l + r), np.float64)
     xp[:, :, t:t + h, l:l + wd] = x.astype(np.float64) - float(x_zp)
-    og = o // groups
-    wf = w.astype(np.float64)
-    acc = np.zeros((n, o, oh, ow), np.float64)
-    depthwise = cg == 1 and groups == c
-    for i, j, v in _taps(xp, kh, kw, sh, sw, oh, ow):
-        if depthwise:
-            # output channel k reads input channel k // og (channel multiplier og)
-            src = v if og == 1 else np.repeat(v, og, axis=1)
-            acc += src * wf[:, 0, i, j][None, :, None, None]
-        elif groups == 1:
-            # one BLAS GEMM (float64: exact) per tap: (O, C) @ (C, N*OH*OW)
-            cols = v.transpose(1, 0, 2, 3).reshape(c, -1)
-            acc += (wf[:, :, i, j] @ cols).reshape(o, n, oh, ow).transpose(1, 0, 2, 3)
-        else:
-            vg = v.reshape(n, groups, cg, oh * ow)
-            wg = wf[:, :, i, j].reshape(groups, og, cg)
-            acc += np.matmul(wg[None], vg).reshape(n, o, oh, ow)
-    out = acc.astype(np.int64)
+    out = conv_taps(xp, w.astype(np.float64), (sh, sw), (oh, ow), groups).astype(np.int64)
     if bias is not None:
         out += np.asarray(bias, np.int64)[None, :, None, None]
     return out.astype(np.int32)  # int32 wrap-around, as onnxruntime's accumulator
