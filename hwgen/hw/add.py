@@ -35,6 +35,7 @@ from amaranth.lib.wiring import In, Out
 
 from hwgen.golden import arith
 from hwgen.hw.dsp import UMul
+from hwgen.hw.pipe import Pipe
 
 __all__ = ["AddParams", "Adder", "AddConfig", "add_config", "CONFIG_LAYOUT"]
 
@@ -212,22 +213,10 @@ class Adder(wiring.Component):
             self.a_stream.ready.eq(en & self.b_stream.valid),
             self.b_stream.ready.eq(en & self.a_stream.valid),
         ]
-        valid = [Signal(name=f"valid{s}") for s in range(1, self.LATENCY + 1)]
-        with m.If(en):
-            m.d.sync += valid[0].eq(take)
-            m.d.sync += [valid[s].eq(valid[s - 1]) for s in range(1, self.LATENCY)]
+        pipe = Pipe(m, en)
+        valid = pipe.valid_chain(take, self.LATENCY)
         m.d.comb += self.o_stream.valid.eq(valid[-1])
-
-        def reg(shape, name, value):
-            r = Signal(shape, name=name)
-            with m.If(en):
-                m.d.sync += r.eq(value)
-            return r
-
-        def delay(sig, n, name):
-            for k in range(n):
-                sig = reg(sig.shape(), f"{name}_d{k}", sig)
-            return sig
+        reg, delay = pipe.reg, pipe.delay
 
         # config-derived constants, registered once (static while a layer runs)
         c_lo_p = Signal(signed(11))                 # clamp bounds in the magnitude domain

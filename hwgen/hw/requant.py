@@ -44,6 +44,7 @@ from amaranth.utils import ceil_log2
 
 from hwgen.golden import arith
 from hwgen.hw.dsp import UMul
+from hwgen.hw.pipe import Pipe
 
 __all__ = ["RequantParams", "Requantizer", "PARAM_LAYOUT", "encode_scales"]
 
@@ -169,22 +170,10 @@ class Requantizer(wiring.Component):
                      wp.data.eq(self.param.data)]
 
         # valid bits of stages S1..S18
-        valid = [Signal(name=f"valid{s}") for s in range(1, self.LATENCY + 1)]
-        with m.If(en):
-            m.d.sync += valid[0].eq(self.i_stream.valid)
-            m.d.sync += [valid[s].eq(valid[s - 1]) for s in range(1, self.LATENCY)]
+        pipe = Pipe(m, en)
+        valid = pipe.valid_chain(self.i_stream.valid, self.LATENCY)
         m.d.comb += self.o_stream.valid.eq(valid[-1])
-
-        def reg(shape, name, value):
-            r = Signal(shape, name=name)
-            with m.If(en):
-                m.d.sync += r.eq(value)
-            return r
-
-        def delay(sig, n, name):
-            for k in range(n):
-                sig = reg(sig.shape(), f"{name}_d{k}", sig)
-            return sig
+        reg, delay = pipe.reg, pipe.delay
 
         # per-tensor constants, registered (static while a layer runs)
         zp_r = Signal(signed(8))
