@@ -32,16 +32,16 @@ per-layer cycle counts, one per program descriptor).
 """
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
+from .bram import BlockRam
 from .accel_if import AccelParams, AccelSignature
-from .layer_io import (KIND_ADD, KIND_ARRAY, KIND_AVGPOOL, AddUnit, AvgPoolUnit,
-                       BiasFeeder, MaxPoolUnit, avgpool_configs, OutputWriter, PatchFeeder,
-                       WeightFeeder, layer_descriptors, weight_stores)
+from .layer_io import (KIND_ADD, KIND_ARRAY, KIND_AVGPOOL, KIND_MAXPOOL, AddUnit,
+                       AvgPoolUnit, BiasFeeder, MaxPoolUnit, OutputWriter, PatchFeeder, Placer,
+                       WeightFeeder, avgpool_configs, layer_descriptors, weight_stores)
 from .sequencer import Sequencer
 from .systolic import SystolicConv, SystolicParams
 
@@ -77,7 +77,7 @@ class Accelerator(wiring.Component):
         self.plan = plan
         e = plan.engines
         self.rows, self.cols = e.sa_rows, e.sa_cols
-        self.layers = layer_descriptors(plan, self.cols)
+        self.layers = layer_descriptors(plan, self.cols, self.rows)
         descs = [l.fields for l in self.layers]
         run = [f for f in descs if not f["skip"] and f["kind"] == KIND_ARRAY]
         self.sa = SystolicParams(
@@ -106,14 +106,18 @@ class Accelerator(wiring.Component):
         R, C = self.rows, self.cols
         words, dw_bytes, _, ch_words, _ = weight_stores(plan, C)
 
-        m.submodules.arena = arena = Memory(shape=signed(8), depth=max(plan.arena_bytes, 2),
-                                            init=[])
-        m.submodules.wstore = wstore = Memory(shape=unsigned(8 * C), depth=len(words), init=words)
-        m.submodules.tstore = tstore = Memory(shape=signed(8), depth=len(dw_bytes), init=dw_bytes)
-        m.submodules.chstore = chstore = Memory(shape=unsigned(64), depth=len(ch_words),
-                                                init=ch_words)
-        a_w, a_r = arena.write_port(), arena.read_port()
-        w_r, t_r, c_r = wstore.read_port(), tstore.read_port(), chstore.read_port()
+        prim = self.use_primitive
+        m.submodules.arena = arena = BlockRam(8, plan.arena_bytes, use_primitive=prim,
+                                              name="arena")
+        m.submodules.wstore = wstore = BlockRam(8 * C, len(words), words, writable=False,
+                                                use_primitive=prim, name="wstore")
+        m.submodules.tstore = tstore = BlockRam(8, len(dw_bytes), [v & 0xFF for v in dw_bytes],
+                                                writable=False, use_primitive=prim,
+                                                name="tstore")
+        m.submodules.chstore = chstore = BlockRam(64, len(ch_words), ch_words, writable=False,
+                                                  use_primitive=prim, name="chstore")
+        a_w, a_r = _WritePort(arena), _ReadPort(arena, signed(8))
+        w_r, t_r, c_r = _ReadPort(wstore), _ReadPort(tstore, signed(8)), _ReadPort(chstore)
 
         m.submodules.sconv = sconv = SystolicConv(self.sa, channels=self.max_out_c)
         descs = [l.fields for l in self.layers]
@@ -122,92 +126,149 @@ class Accelerator(wiring.Component):
         m.submodules.wfeed = wfeed = WeightFeeder(C)
         m.submodules.bfeed = bfeed = BiasFeeder(C)
         m.submodules.writer = writer = OutputWriter(C, sconv.o_stream.payload.shape())
-        m.submodules.maxpool = mpool = MaxPoolUnit()
-        has_add = any(f["kind"] == KIND_ADD for f in descs)
         d = seq.desc
         on_array = d.kind == KIND_ARRAY
-        on_add = d.kind == KIND_ADD
-        if has_add:
+        # the units that write the arena: (runs this layer, write requester, arena reader);
+        # pooling and add units exist only when the network has such layers
+        units = [(on_array, writer, patch)]
+        done = {KIND_ARRAY: (writer.count == d.beats) & patch.done & wfeed.done & bfeed.done
+                & ~sconv.busy}
+        kinds = {f["kind"] for f in descs if not f["skip"]}
+        if KIND_MAXPOOL in kinds:
+            m.submodules.maxpool = mpool = MaxPoolUnit()
+            units.append((d.kind == KIND_MAXPOOL, mpool, mpool))
+            done[KIND_MAXPOOL] = mpool.done
+        if KIND_ADD in kinds:
             m.submodules.addu = addu = AddUnit(self.use_primitive)
-            m.d.comb += [addu.desc.eq(d), addu.start.eq(seq.run_start & on_add),
-                         addu.rd_data.eq(a_r.data)]
-            units = [(on_array, writer, patch), (on_add, addu, addu), (1, mpool, mpool)]
-            add_done = addu.done
-        else:
-            units = [(on_array, writer, patch), (1, mpool, mpool)]
-            add_done = 1
-        on_avg = d.kind == KIND_AVGPOOL
-        avg_done = 1
-        if any(f["kind"] == KIND_AVGPOOL for f in descs):
+            units.append((d.kind == KIND_ADD, addu, addu))
+            done[KIND_ADD] = addu.done
+        if KIND_AVGPOOL in kinds:
             cfgs, mw, mh = avgpool_configs(plan)
             m.submodules.avgu = avgu = AvgPoolUnit(cfgs, mw, mh, seq.ab, self.use_primitive)
-            m.d.comb += [avgu.desc.eq(d), avgu.start.eq(seq.run_start & on_avg),
-                         avgu.rd_data.eq(a_r.data), avgu.index.eq(seq.index)]
-            units.insert(-1, (on_avg, avgu, avgu))
-            avg_done = avgu.done
-
-        for u in (patch, wfeed, bfeed, writer, mpool):
-            m.d.comb += u.desc.eq(d)
-        m.d.comb += [wfeed.tiles.eq(seq.tiles), bfeed.tiles.eq(seq.tiles),
-                     patch.start.eq(seq.run_start & on_array),
-                     wfeed.start.eq(seq.run_start & on_array),
-                     bfeed.start.eq(seq.run_start & on_array),
-                     writer.start.eq(seq.run_start & on_array),
-                     mpool.start.eq(seq.run_start & ~on_array & ~on_add & ~on_avg)]
+            m.d.comb += avgu.index.eq(seq.index)
+            units.append((d.kind == KIND_AVGPOOL, avgu, avgu))
+            done[KIND_AVGPOOL] = avgu.done
+        for sel, wu, ru in units:
+            if wu is not writer:
+                m.d.comb += [wu.desc.eq(d), wu.start.eq(seq.run_start & sel),
+                             wu.rd_data.eq(a_r.data)]
+        for u in (patch, wfeed, bfeed, writer):
+            m.d.comb += [u.desc.eq(d), u.start.eq(seq.run_start & on_array)]
+        m.d.comb += [wfeed.tiles.eq(d.tiles), bfeed.tiles.eq(d.tiles)]
         wiring.connect(m, patch.o_stream, sconv.a_stream)
         wiring.connect(m, wfeed.o_stream, sconv.w_stream)
         wiring.connect(m, bfeed.o_stream, sconv.b_stream)
         wiring.connect(m, sconv.o_stream, writer.i_stream)
         cfg = sconv.cfg
         m.d.comb += [cfg.pixels.eq(d.pixels), cfg.k.eq(d.k), cfg.groups.eq(d.groups),
-                     cfg.otiles.eq(d.otiles), cfg.beats.eq(d.groups * d.k),
+                     cfg.otiles.eq(d.otiles), cfg.beats.eq(d.gk),
                      cfg.cout_g.eq(d.cout_g), cfg.x_zp.eq(d.x_zp),
                      sconv.zero_point.eq(d.y_zp), sconv.lo.eq(d.lo), sconv.hi.eq(d.hi),
                      sconv.param.en.eq(seq.p_en), sconv.param.addr.eq(seq.p_addr),
                      sconv.param.data.eq(seq.p_data)]
-        # weight and channel stores
+        # weight and channel stores (the channel store: the sequencer, the bias feeder, or
+        # the max-pool unit's rescale table)
+        ch_addr = bfeed.rd_addr
+        if KIND_MAXPOOL in kinds:
+            ch_addr = Mux(on_array, bfeed.rd_addr, mpool.t_addr)
+            m.d.comb += mpool.t_data.eq(c_r.data)
         m.d.comb += [w_r.addr.eq(wfeed.w_addr), wfeed.w_data.eq(w_r.data),
                      t_r.addr.eq(wfeed.t_addr), wfeed.t_data.eq(t_r.data),
-                     c_r.addr.eq(Mux(seq.ch_sel, seq.ch_addr,
-                                     Mux(on_array, bfeed.rd_addr, mpool.t_addr))),
-                     seq.ch_data.eq(c_r.data), bfeed.rd_data.eq(c_r.data),
-                     mpool.t_data.eq(c_r.data)]
-        m.d.comb += seq.layer_done.eq(Mux(on_array,
-                                          (writer.count == d.beats) & patch.done & wfeed.done
-                                          & bfeed.done & ~sconv.busy,
-                                          mpool.done & add_done & avg_done))
+                     c_r.addr.eq(Mux(seq.ch_sel, seq.ch_addr, ch_addr)),
+                     seq.ch_data.eq(c_r.data), bfeed.rd_data.eq(c_r.data)]
+
+        # the write path: every unit's requests (and the image loader's) through the placer
+        out_cs = [f["out_c"] for f in descs if not f["skip"]]
+        m.submodules.ptable = ptable = BlockRam(17, max(out_cs), use_primitive=prim,
+                                                name="ptable")
+        m.submodules.placer = placer = Placer(len(ptable.r_addr))
+        m.d.comb += [ptable.w_en.eq(seq.pt_en), ptable.w_addr.eq(seq.pt_addr),
+                     ptable.w_data.eq(seq.pt_data), ptable.r_addr.eq(placer.t_addr),
+                     placer.t_data.eq(ptable.r_data),
+                     a_w.en.eq(placer.wr_en), a_w.addr.eq(placer.wr_addr),
+                     a_w.data.eq(placer.wr_data)]
+        layer_done = done[KIND_ARRAY]
+        for k, v in done.items():
+            if k != KIND_ARRAY:
+                layer_done = Mux(d.kind == k, v, layer_done)
+        m.d.comb += seq.layer_done.eq(layer_done & ~placer.busy)
 
         # host side: image load, start, status, logits
         busy = Signal()
         count = Signal(32)
         iv, ov = plan.input_view, plan.output_view
-        _, ih, iw = plan.graph.input_shape
-        hw = ih * iw
-        ia = self.img_wr.payload.addr
+        c_in, ih, iw = plan.graph.input_shape
+        img_busy, img_c, img_p, img_data = self._image_loader(m, ih * iw, c_in)
         m.d.comb += [self.busy.eq(busy), self.img_wr.ready.eq(~busy)]
         with m.If(busy):
             for k, (sel, wu, ru) in enumerate(units):
                 with (m.If if k == 0 else m.Elif)(sel):
-                    m.d.comb += [a_w.en.eq(wu.wr_en), a_w.addr.eq(wu.wr_addr),
-                                 a_w.data.eq(wu.wr_data), a_r.addr.eq(ru.rd_addr)]
+                    m.d.comb += [placer.en.eq(wu.wr_en), placer.pix.eq(wu.wr_pix),
+                                 placer.ch.eq(wu.wr_ch), placer.data.eq(wu.wr_data),
+                                 a_r.addr.eq(ru.rd_addr)]
+            m.d.comb += [placer.base.eq(d.out_addr), placer.pitch.eq(d.out_pitch)]
         with m.Else():
-            m.d.comb += [a_w.en.eq(self.img_wr.valid),
-                         a_w.addr.eq(iv.addr + (ia % hw) * iv.pitch + ia // hw),
-                         a_w.data.eq(self.img_wr.payload.data),
+            m.d.comb += [placer.en.eq(img_busy[-1]), placer.pix.eq(img_p), placer.ch.eq(img_c),
+                         placer.data.eq(img_data), placer.direct.eq(1),
+                         placer.base.eq(iv.addr), placer.pitch.eq(iv.pitch),
                          a_r.addr.eq(ov.addr + self.out_addr)]
-        m.d.comb += [patch.rd_data.eq(a_r.data), mpool.rd_data.eq(a_r.data),
-                     self.out_data.eq(a_r.data)]
+        m.d.comb += [patch.rd_data.eq(a_r.data), self.out_data.eq(a_r.data)]
         if self.debug:
             m.d.comb += [seq.dbg_addr.eq(self.dbg_addr), self.dbg_data.eq(seq.dbg_data)]
 
         m.d.sync += self.done.eq(0)
         with m.If((self.start | self.img_wr.valid) & busy):
             m.d.sync += self.error.eq(1)
+        # a start waits until the image's last writes have landed
+        pending = Signal()
         with m.If(~busy & self.start):
-            m.d.sync += [busy.eq(1), count.eq(1), self.error.eq(0)]
+            m.d.sync += pending.eq(1)
+        with m.If(~busy & (self.start | pending) & ~placer.busy & ~Cat(*img_busy).any()):
+            m.d.sync += [busy.eq(1), count.eq(1), self.error.eq(0), pending.eq(0)]
             m.d.comb += seq.go.eq(1)
         with m.Elif(busy):
             m.d.sync += count.eq(count + 1)
             with m.If(seq.finished):
                 m.d.sync += [busy.eq(0), self.done.eq(1), self.cycles.eq(count + 1)]
         return m
+
+    def _image_loader(self, m, hw: int, c_in: int):
+        """Image bytes (``img_wr``, CHW raster ``addr = c * hw + p``) to placer requests:
+        ``c = addr // hw`` as ``(addr * M) >> shift`` (exact over the image's addresses,
+        checked here), then ``p = addr - c * hw``; two registered stages. Returns the
+        stage valid bits, ``c``, ``p`` and the data of the last stage."""
+        n = max(c_in * hw, 2)
+        mul, shift = _divider_constants(hw, n)
+        v1, v2 = Signal(), Signal()
+        a1, d1, d2 = Signal(range(n)), Signal(signed(8)), Signal(signed(8))
+        c2, p2 = Signal(16), Signal(24)
+        a2 = Signal(range(n))
+        fire = self.img_wr.valid & self.img_wr.ready
+        m.d.sync += [v1.eq(fire), a1.eq(self.img_wr.payload.addr), d1.eq(self.img_wr.payload.data),
+                     v2.eq(v1), c2.eq((a1 * mul) >> shift), a2.eq(a1), d2.eq(d1)]
+        m.d.comb += p2.eq(a2 - c2 * hw)
+        return [v1, v2], c2, p2, d2
+
+
+def _divider_constants(d: int, n: int) -> tuple[int, int]:
+    """``(M, s)`` with ``(a * M) >> s == a // d`` for every ``0 <= a < n``."""
+    import numpy as np
+    a = np.arange(n, dtype=np.int64)
+    for s in range(0, 40):
+        mul = -(-(1 << s) // d)
+        if mul * n < (1 << 62) and np.array_equal((a * mul) >> s, a // d):
+            return mul, s
+    raise ValueError(f"no multiply-shift divider for /{d} over [0, {n})")
+
+
+class _ReadPort:
+    """``addr``/``data`` view of a :class:`BlockRam` read port (``data`` reinterpreted)."""
+
+    def __init__(self, ram, shape=None):
+        self.addr = ram.r_addr
+        self.data = ram.r_data if shape is None else ram.r_data.as_signed()
+
+
+class _WritePort:
+    def __init__(self, ram):
+        self.addr, self.data, self.en = ram.w_addr, ram.w_data, ram.w_en

