@@ -40,6 +40,13 @@ def test_mobilenet_small():
     assert not bad["bit_exact"]
 
 
+def test_shufflenet_small():
+    """ShuffleNet v1 g=3 0.25x at 32x32, 4 classes: every unit in one small network (max
+    pool, average-pool shortcut, residual add, channel shuffle and concat through the place
+    table, group convs, depthwise, global pool, FC)."""
+    _run("shufflenet", groups=3, scale=0.25, resolution=32, classes=4)
+
+
 @pytest.mark.slow
 def test_mobilenet_vww():
     """MobileNet v1 0.25 at 96x96, 2 classes (visual wake words)."""

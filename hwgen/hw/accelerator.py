@@ -95,6 +95,14 @@ class Accelerator(wiring.Component):
         self.use_primitive = use_primitive
         super().__init__(sig)
 
+    def describe(self) -> str:
+        """What this accelerator instantiates (the engines that are really built)."""
+        kinds = {f["kind"] for f in (l.fields for l in self.layers) if not f["skip"]}
+        units = [n for k, n in ((KIND_MAXPOOL, "max pool"), (KIND_AVGPOOL, "average pool"),
+                                (KIND_ADD, "residual add")) if k in kinds]
+        return (f"systolic array {self.rows}x{self.cols} with a {self.cols}-lane requantiser"
+                + "".join(f", {u} unit" for u in units))
+
     @property
     def layer_names(self) -> list[str]:
         """Name of the layer of each program descriptor (the debug port's index)."""

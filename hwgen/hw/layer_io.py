@@ -74,6 +74,11 @@ DESC = data.StructLayout({
     "wbeats": unsigned(32),       # groups * otiles * k: weight beats of one pixel tile
     "sh_q0": unsigned(16), "sh_r0": unsigned(16), "sh_rg0": unsigned(17),   # out_pre // sh_n,
                                   # out_pre % sh_n, sh_r0 * sh_g (the place table's start)
+    "out_pix": unsigned(24),      # out_h * out_w
+    "row_stride": unsigned(24),   # in_w * in_pitch: one input row
+    "col_step": unsigned(24),     # sw * in_pitch: next output pixel's window
+    "row_step": unsigned(24),     # sh * in_w * in_pitch: next output row's window
+    "org": unsigned(24),          # in_addr - (pad_t * in_w + pad_l) * in_pitch (mod 2**24)
     "add_cfg": unsigned(_ADD_CFG.size),    # packed hwgen.hw.add.CONFIG_LAYOUT
 })
 
@@ -122,6 +127,11 @@ def _finish(f: dict, rows: int) -> dict:
     f["tiles"] = -(-f["pixels"] // rows)
     f["gk"] = f["groups"] * f["k"]
     f["wbeats"] = f["groups"] * f["otiles"] * f["k"]
+    f["row_stride"] = f["in_w"] * f["in_pitch"]
+    f["out_pix"] = f["out_h"] * f["out_w"]
+    f["col_step"] = f["sw"] * f["in_pitch"]
+    f["row_step"] = f["sh"] * f["row_stride"]
+    f["org"] = (f["in_addr"] - (f["pad_t"] * f["in_w"] + f["pad_l"]) * f["in_pitch"]) % (1 << 24)
     if f["sh_g"]:
         f["sh_q0"], f["sh_r0"] = divmod(f["out_pre"], f["sh_n"])
         f["sh_rg0"] = f["sh_r0"] * f["sh_g"]
@@ -397,7 +407,7 @@ class WeightFeeder(wiring.Component):
                      self.o_stream.valid.eq(fifo.r_rdy), self.o_stream.payload.eq(fifo.r_data),
                      fifo.r_en.eq(self.o_stream.ready)]
         with m.If(self.start):
-            m.d.sync += [run.eq(1), pt.eq(0), i.eq(0), n.eq(d.groups * d.otiles * d.k)]
+            m.d.sync += [run.eq(1), pt.eq(0), i.eq(0), n.eq(d.wbeats)]
         with m.Elif(issue):
             m.d.sync += i.eq(i + 1)
             with m.If(i == n - 1):
@@ -563,8 +573,11 @@ class MaxPoolUnit(wiring.Component):
         iy = iy0 + ky
         ix = ix0 + kx
         inb = (iy >= 0) & (iy < d.in_h) & (ix >= 0) & (ix < d.in_w)
-        addr = (iy.as_unsigned()[:16] * d.in_w + ix.as_unsigned()[:16])[:24] * d.in_pitch
-        m.d.comb += self.rd_addr.eq(d.in_addr + addr + c)
+        # arena addresses walked incrementally (mod 2**24; cells outside the input are never
+        # read): output row / pixel / window (with channel) / window row / tap
+        aw, ap, ab, ar, a = (Signal(24, name=n) for n in ("a_orow", "a_opix", "a_win",
+                                                             "a_wrow", "a_tap"))
+        m.d.comb += self.rd_addr.eq(a)
         m.d.sync += s1_v.eq(0)
         with m.If(s1_v & (self.rd_data > mx)):
             m.d.sync += mx.eq(self.rd_data)
@@ -579,12 +592,15 @@ class MaxPoolUnit(wiring.Component):
                 m.d.comb += self.done.eq(1)
                 with m.If(self.start):
                     m.d.sync += [oy.eq(0), ox.eq(0), c.eq(0), ky.eq(0), kx.eq(0), pix.eq(0),
-                                 iy0.eq(-d.pad_t), ix0.eq(-d.pad_l), mx.eq(-129)]
+                                 iy0.eq(-d.pad_t), ix0.eq(-d.pad_l), mx.eq(-129),
+                                 aw.eq(d.org), ap.eq(d.org), ab.eq(d.org), ar.eq(d.org),
+                                 a.eq(d.org)]
                     m.next = "TAP"
             with m.State("TAP"):
-                m.d.sync += [s1_v.eq(inb), kx.eq(kx + 1)]
+                m.d.sync += [s1_v.eq(inb), kx.eq(kx + 1), a.eq(a + d.in_pitch)]
                 with m.If(kx == d.kw - 1):
-                    m.d.sync += [kx.eq(0), ky.eq(ky + 1)]
+                    m.d.sync += [kx.eq(0), ky.eq(ky + 1), ar.eq(ar + d.row_stride),
+                                 a.eq(ar + d.row_stride)]
                     with m.If(ky == d.kh - 1):
                         m.d.sync += ky.eq(0)
                         m.next = "LAST"
@@ -594,13 +610,18 @@ class MaxPoolUnit(wiring.Component):
                 m.next = "WRITE"
             with m.State("WRITE"):
                 m.d.comb += self.wr_en.eq(1)
-                m.d.sync += [mx.eq(-129), c.eq(c + 1)]
+                m.d.sync += [mx.eq(-129), c.eq(c + 1), ab.eq(ab + 1), ar.eq(ab + 1),
+                             a.eq(ab + 1)]
                 m.next = "TAP"
                 with m.If(c == d.out_c - 1):
-                    m.d.sync += [c.eq(0), ox.eq(ox + 1), ix0.eq(ix0 + d.sw), pix.eq(pix + 1)]
+                    nxt = ap + d.col_step
+                    m.d.sync += [c.eq(0), ox.eq(ox + 1), ix0.eq(ix0 + d.sw), pix.eq(pix + 1),
+                                 ap.eq(nxt), ab.eq(nxt), ar.eq(nxt), a.eq(nxt)]
                     with m.If(ox == d.out_w - 1):
+                        nrow = aw + d.row_step
                         m.d.sync += [ox.eq(0), ix0.eq(-d.pad_l), oy.eq(oy + 1),
-                                     iy0.eq(iy0 + d.sh)]
+                                     iy0.eq(iy0 + d.sh), aw.eq(nrow), ap.eq(nrow), ab.eq(nrow),
+                                     ar.eq(nrow), a.eq(nrow)]
                         with m.If(oy == d.out_h - 1):
                             m.next = "IDLE"
         return m
@@ -639,8 +660,8 @@ class AddUnit(wiring.Component):
         s1_v, s1_ph = Signal(), Signal()
         a_reg = Signal(signed(8))
         issue = run & (phase | _fifo_room(fifo, s1_v, self.DEPTH))
-        pa = Mux(phase, d.in1_addr + p * d.in1_pitch, d.in_addr + p * d.in_pitch)
-        m.d.comb += self.rd_addr.eq(pa + c)
+        a0, a1 = Signal(24), Signal(24)       # pixel p of each input
+        m.d.comb += self.rd_addr.eq(Mux(phase, a1, a0) + c)
         m.d.sync += [s1_v.eq(issue), s1_ph.eq(phase)]
         with m.If(s1_v & ~s1_ph):
             m.d.sync += a_reg.eq(self.rd_data)
@@ -650,13 +671,15 @@ class AddUnit(wiring.Component):
                      a.payload[0].eq(fifo.r_data[:8]), b.payload[0].eq(fifo.r_data[8:]),
                      fifo.r_en.eq(a.valid & a.ready)]
         with m.If(self.start):
-            m.d.sync += [run.eq(1), p.eq(0), c.eq(0), phase.eq(0)]
+            m.d.sync += [run.eq(1), p.eq(0), c.eq(0), phase.eq(0), a0.eq(d.in_addr),
+                         a1.eq(d.in1_addr)]
         with m.Elif(issue):
             m.d.sync += phase.eq(~phase)
             with m.If(phase):
                 m.d.sync += c.eq(c + 1)
                 with m.If(c == d.out_c - 1):
-                    m.d.sync += [c.eq(0), p.eq(p + 1)]
+                    m.d.sync += [c.eq(0), p.eq(p + 1), a0.eq(a0 + d.in_pitch),
+                                 a1.eq(a1 + d.in1_pitch)]
                     with m.If(p == d.pixels - 1):
                         m.d.sync += run.eq(0)
         # write side
@@ -758,17 +781,18 @@ class AvgPoolUnit(wiring.Component):
         p, c = Signal(24), Signal(16)
         s1_v = Signal()
         issue = run & _fifo_room(fifo, s1_v, self.DEPTH)
-        m.d.comb += self.rd_addr.eq(d.in_addr + p * d.in_pitch + c)
+        a, ac = Signal(24), Signal(24)        # element (p, c), element (0, c)
+        m.d.comb += self.rd_addr.eq(a)
         m.d.sync += s1_v.eq(issue)
         m.d.comb += [fifo.w_en.eq(s1_v), fifo.w_data.eq(self.rd_data),
                      pool.i_stream.valid.eq(fifo.r_rdy), pool.i_stream.payload.eq(fifo.r_data),
                      fifo.r_en.eq(pool.i_stream.ready)]
         with m.If(self.start):
-            m.d.sync += [run.eq(1), p.eq(0), c.eq(0)]
+            m.d.sync += [run.eq(1), p.eq(0), c.eq(0), a.eq(d.in_addr), ac.eq(d.in_addr)]
         with m.Elif(issue):
-            m.d.sync += p.eq(p + 1)
+            m.d.sync += [p.eq(p + 1), a.eq(a + d.in_pitch)]
             with m.If(p == d.pixels - 1):
-                m.d.sync += [p.eq(0), c.eq(c + 1)]
+                m.d.sync += [p.eq(0), c.eq(c + 1), ac.eq(ac + 1), a.eq(ac + 1)]
                 with m.If(c == d.out_c - 1):
                     m.d.sync += run.eq(0)
         wrun = Signal()
@@ -781,7 +805,7 @@ class AvgPoolUnit(wiring.Component):
             m.d.sync += [wrun.eq(1), wp.eq(0), wc.eq(0)]
         with m.Elif(o.valid & wrun):
             m.d.sync += wp.eq(wp + 1)
-            with m.If(wp == d.out_h * d.out_w - 1):
+            with m.If(wp == d.out_pix - 1):
                 m.d.sync += [wp.eq(0), wc.eq(wc + 1)]
                 with m.If(wc == d.out_c - 1):
                     m.d.sync += wrun.eq(0)

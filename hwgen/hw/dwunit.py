@@ -1,0 +1,413 @@
+"""Run-time-configurable depthwise 3 x 3 convolution unit of the whole-network accelerator.
+
+:class:`DwUnit` runs one depthwise ``Conv2d`` layer (groups = channels, multiplier 1) described
+by a :data:`hwgen.hw.layer_io.DESC` entry, next to :class:`~hwgen.hw.layer_io.MaxPoolUnit` /
+:class:`~hwgen.hw.layer_io.AddUnit` (same port style: arena read port, write requests to the
+:class:`~hwgen.hw.layer_io.Placer`, no back-pressure). The geometry (input size, stride 1/2
+per axis, top/left padding, output size, channels, zero points, clamp) is read from the
+descriptor at run time; only the line-buffer length (``max_width``) is fixed at build time.
+
+Data flow
+---------
+Channels are processed one after the other, each channel's ``in_h x in_w`` plane read from
+the arena in raster order, one byte per cycle (address ``in_addr + c + p * in_pitch`` kept
+by an incremental counter: ``+ in_pitch`` per pixel, ``in_addr + c + 1`` at a new channel).
+The planes of consecutive channels form one continuous raster stream of ``in_w``-pixel rows
+through a 3 x 3 line-buffer window (two ``max_width``-word block RAMs holding ``x - x_zp``,
+9 bits); output ``(c, oy, ox)`` is taken from the window when the newest stream position is
+``c*H*W + (oy*sh - pad_t + 2)*W + (ox*sw - pad_l + 2)`` (a distance counter with run-time
+steps, precomputed during an 8-cycle setup), window cells outside the channel's image are
+masked to 0 -- exactly the contribution of an ``x_zp`` padding cell. With ``pad_t + pad_b <= 2``
+and ``pad_l + pad_r <= 2`` these positions strictly increase, so right/bottom-padding outputs
+are produced while the next row/channel streams in: no gap between rows or channels; only the
+last channel needs a few flush beats.
+
+Each taken window goes through 9 :class:`~hwgen.hw.dsp.Mult18` (registered on both sides), a
+registered adder tree with the bias as tenth term, and a one-lane
+:class:`~hwgen.hw.requant.Requantizer`. Outputs leave in (channel, oy, ox) order as write
+requests ``wr_pix = oy*out_w + ox`` (counter), ``wr_ch = c``.
+
+Per-channel parameters are prefetched by a loader while the previous channel streams: 9 tap
+bytes (tap memory, ``w_base + 9c + tap``, incremental pointer) and the 64-bit channel record
+(``ch_base + c``: int32 bias, scale mantissa/exponent) into one of two register sets (by
+channel parity); the scale goes into a 4-entry ring of the requantiser's parameter memory.
+Channel ``n`` is loaded once the multipliers have taken the last window of channel ``n - 2``
+(its set is then free); the stream stalls only if it reaches a channel whose
+parameters are not loaded yet (planes smaller than about 9 pixels).
+
+Timing: issue (counters) -> arena read -> registered byte -> line-buffer write/read ->
+registered BRAM output -> window shift -> mask/weight select into the multiplier input
+registers -> 3 multiplier stages -> 4 adder-tree levels -> requantiser (18) -> write request.
+Cycles per layer: ``C*H*W`` beats + at most about ``W + 2`` flush beats + about 45 (setup,
+first parameter load, pipeline latency); planes under 9 pixels stall on the
+parameter loader (9 cycles per channel: the tap memory gives one byte per cycle).
+"""
+from __future__ import annotations
+
+from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from .dsp import Mult18
+from .layer_io import DESC
+from .requant import Requantizer, RequantParams
+
+__all__ = ["DwUnit", "check_desc"]
+
+_BUGS = (None, "pad_zero")
+
+
+def check_desc(f: dict, max_width: int | None = None, max_channels: int | None = None) -> None:
+    """Raise ValueError when the descriptor fields ``f`` (a :data:`DESC` dict, as
+    :func:`hwgen.hw.layer_io.layer_descriptors` fills it) describe a depthwise layer the unit
+    cannot run: kernel other than 3 x 3, stride other than 1/2, padding sums above 2 (bottom /
+    right padding implied by out_h / out_w), an input wider than ``max_width`` or more than
+    ``max_channels`` channels."""
+    if (f["kh"], f["kw"]) != (3, 3):
+        raise ValueError(f"DwUnit runs 3x3 kernels, got {f['kh']}x{f['kw']}")
+    if f["sh"] not in (1, 2) or f["sw"] not in (1, 2):
+        raise ValueError(f"DwUnit strides must be 1 or 2, got {f['sh']}x{f['sw']}")
+    h, w, oh, ow, c = f["in_h"], f["in_w"], f["out_h"], f["out_w"], f["out_c"]
+    if min(h, w, oh, ow, c) < 1:
+        raise ValueError("DwUnit needs a non-empty input and output")
+    t, l = f["pad_t"], f["pad_l"]
+    b = (oh - 1) * f["sh"] + 3 - h - t      # implied bottom / right padding (< 0: unused
+    r = (ow - 1) * f["sw"] + 3 - w - l      # input rows / columns, as floor division crops)
+    if t > 2 or l > 2 or t + b > 2 or l + r > 2:
+        raise ValueError(f"DwUnit padding (t={t}, l={l}, b={b}, r={r}): top+bottom and "
+                         f"left+right must each be at most 2")
+    if t + b < -4:
+        raise ValueError(f"DwUnit: {-(t + b)} unused input rows at the bottom (at most 4)")
+    if max_width is not None and w > max_width:
+        raise ValueError(f"DwUnit: input width {w} exceeds max_width={max_width}")
+    if max_channels is not None and c > max_channels:
+        raise ValueError(f"DwUnit: {c} channels exceed max_channels={max_channels}")
+
+
+class DwUnit(wiring.Component):
+    """Depthwise 3 x 3 convolution of one layer per ``start``, geometry from ``desc``.
+
+    Parameters
+    ----------
+    max_width : int
+        Widest input row (line-buffer words).
+    max_channels : int
+        Most channels of a layer (checked by :meth:`check`; counters are 16 bits).
+    k_max : int
+        Largest kernel: 3 (the only size built).
+    use_primitive : bool or None
+        MULT18X18D instances (True), behavioural multipliers (False), or by platform (None).
+
+    Members
+    -------
+    desc : In(DESC), stable while running. start : In(1) pulse. done : Out(1), idle (every
+    write request issued), init 1.
+    rd_addr / rd_data : arena read port (data the cycle after the address).
+    t_addr / t_data : depthwise tap memory read port (1-cycle latency).
+    c_addr / c_data : channel-store read port (64-bit records, 1-cycle latency).
+    wr_en, wr_pix, wr_ch, wr_data : write requests (no back-pressure).
+    """
+
+    SETUP = 8
+
+    def __init__(self, max_width: int, max_channels: int, k_max: int = 3, use_primitive=None,
+                 _inject_bug: str | None = None):
+        if k_max != 3:
+            raise ValueError(f"DwUnit supports k_max=3 only, got {k_max!r}")
+        if not isinstance(max_width, int) or not 2 <= max_width <= 1 << 14:
+            raise ValueError(f"DwUnit max_width must be an int in 2..16384, got {max_width!r}")
+        if not isinstance(max_channels, int) or not 1 <= max_channels < 1 << 16:
+            raise ValueError(f"DwUnit max_channels must be in 1..65535, got {max_channels!r}")
+        if _inject_bug not in _BUGS:
+            raise ValueError(f"_inject_bug must be one of {_BUGS}")
+        self.max_width, self.max_channels = max_width, max_channels
+        self.use_primitive = use_primitive
+        self._inject_bug = _inject_bug
+        super().__init__({
+            "desc": In(DESC), "start": In(1), "done": Out(1, init=1),
+            "rd_addr": Out(24), "rd_data": In(signed(8)),
+            "t_addr": Out(24), "t_data": In(signed(8)),
+            "c_addr": Out(24), "c_data": In(64),
+            "wr_en": Out(1), "wr_pix": Out(24), "wr_ch": Out(16), "wr_data": Out(signed(8)),
+        })
+
+    def check(self, f: dict) -> None:
+        """:func:`check_desc` against this unit's build parameters."""
+        check_desc(f, self.max_width, self.max_channels)
+
+    def elaborate(self, platform):
+        m = Module()
+        d = self.desc
+        xb = max(1, ceil_log2(self.max_width))
+
+        # ---- per-layer constants, computed continuously from desc (valid SETUP cycles
+        # after desc settles); no multiplication, every stage registered ----------------------
+        def r(shape, name, value):
+            s = Signal(shape, name=name)
+            m.d.sync += s.eq(value)
+            return s
+
+        W, H = d.in_w, d.in_h
+        wm1 = r(16, "wm1", W - 1)
+        hm1 = r(16, "hm1", H - 1)
+        cm1 = r(16, "cm1", d.out_c - 1)
+        owm1 = r(16, "owm1", d.out_w - 1)
+        ohm1 = r(16, "ohm1", d.out_h - 1)
+        w1 = r(16, "w_r", W)
+        wm2 = r(17, "wm2", wm1 - 1)         # used only when the counter is not at its last
+        hm2 = r(17, "hm2", hm1 - 1)
+        owm2 = r(17, "owm2", owm1 - 1)
+        ohm2 = r(17, "ohm2", ohm1 - 1)
+        cm2 = r(17, "cm2", cm1 - 1)
+        h1 = r(16, "h_r", H)
+        sh_w = r(18, "sh_w", Mux(d.sh == 2, W << 1, W))                      # sh * W
+        first = r(18, "first", Mux(d.pad_t == 0, W << 1, Mux(d.pad_t == 1, W, 0))
+                  + (2 - d.pad_l[:2]))                                     # (2-t)*W + 2-l
+        sw_ow = r(18, "sw_ow", Mux(d.sw == 2, owm1 << 1, owm1))             # (OW-1) * sw
+        sh_oh = r(18, "sh_oh", Mux(d.sh == 2, ohm1 << 1, ohm1))             # (OH-1) * sh
+        step_row = r(signed(19), "step_row", sh_w - sw_ow)
+        rows_left = r(3, "rows_left", (h1 - sh_oh)[:3])                      # 1..7
+        rlw_a = r(19, "rlw_a", Mux(rows_left[0], w1, 0) + Mux(rows_left[1], w1 << 1, 0))
+        rlw_b = r(19, "rlw_b", Mux(rows_left[2], w1 << 2, 0))
+        rl_w = r(19, "rl_w", rlw_a + rlw_b)
+        step_grp = r(signed(20), "step_grp", rl_w - sw_ow)
+        row_m1 = r(18, "row_m1", step_row - 1)
+        row_is1 = r(1, "row_is1", step_row == 1)
+        grp_m1 = r(18, "grp_m1", step_grp - 1)
+        grp_is1 = r(1, "grp_is1", step_grp == 1)
+        col_m1 = r(18, "col_m1", d.sw - 1)
+        col_is1 = r(1, "col_is1", d.sw == 1)
+
+        # ---- control -----------------------------------------------------------------------
+        busy = Signal()         # a layer is running (until its last write request)
+        run = Signal()          # setup done: stream active
+        lrun = Signal()         # loader active (from start to the last write request)
+        setup = Signal(range(self.SETUP + 1))
+        m.d.comb += self.done.eq(~busy)
+
+        # ---- parameter loader: channel li's 9 taps on t_addr (one per cycle, lk = 0..8),
+        # its record on c_addr with the last tap; data one cycle later (lv1, lk1, li1);
+        # channels back to back, 9 cycles each ------------------------------------------------
+        ld_ch = Signal(16)      # channels loaded completely
+        li = Signal(16)         # channel being read (next to read when idle)
+        lact = Signal()
+        lk = Signal(4)
+        lv1, lk1, li1 = Signal(), Signal(4), Signal(16)
+        tptr, cptr = Signal(24), Signal(24)
+        freed = Signal(16)      # channels whose last window the multipliers took
+        m.d.comb += [self.t_addr.eq(tptr), self.c_addr.eq(cptr)]
+        wset = [[Signal(signed(8), name=f"w{s}_{t}") for t in range(9)] for s in range(2)]
+        bset = [Signal(signed(32), name=f"bias{s}") for s in range(2)]
+        m.d.sync += [lv1.eq(lact), lk1.eq(lk), li1.eq(li)]
+        # channel n may load once the multipliers took the last window of channel n - 2
+        # (its register set is free)
+        may = lrun & (li <= cm1) & (li <= freed + 1)
+        with m.If(lact):
+            m.d.sync += [lk.eq(lk + 1), tptr.eq(tptr + 1)]
+            with m.If(lk == 8):
+                m.d.sync += [cptr.eq(cptr + 1), li.eq(li + 1), lk.eq(0)]
+                m.d.sync += lact.eq(lrun & (li + 1 <= cm1) & (li <= freed))
+        with m.Elif(may):
+            m.d.sync += [lact.eq(1), lk.eq(0)]
+
+        m.submodules.rq = rq = Requantizer(RequantParams(lanes=1, channels=4,
+                                                         use_primitive=self.use_primitive))
+        m.d.comb += [rq.zero_point.eq(d.y_zp), rq.lo.eq(d.lo), rq.hi.eq(d.hi),
+                     rq.o_stream.ready.eq(1)]
+        m.d.comb += [rq.param.addr.eq(li1[:2]), rq.param.data.m.eq(self.c_data[32:56]),
+                     rq.param.data.e.eq(self.c_data[56:62])]
+        with m.If(lv1):
+            with m.Switch(lk1):
+                for t in range(9):
+                    with m.Case(t):
+                        with m.If(li1[0]):
+                            m.d.sync += wset[1][t].eq(self.t_data)
+                        with m.Else():
+                            m.d.sync += wset[0][t].eq(self.t_data)
+            with m.If(lk1 == 8):
+                m.d.comb += rq.param.en.eq(1)
+                m.d.sync += ld_ch.eq(li1 + 1)
+                with m.If(li1[0]):
+                    m.d.sync += bset[1].eq(self.c_data[:32])
+                with m.Else():
+                    m.d.sync += bset[0].eq(self.c_data[:32])
+
+        # ---- stream issue: arena address, position, emission ---------------------------------
+        ix, iy = Signal(16), Signal(16)
+        addr, cbase = Signal(24), Signal(24)
+        emit = Signal()
+        dist = Signal(18)
+        ox, oy, og = Signal(16), Signal(16), Signal(16)
+        row0, col0 = Signal(signed(18)), Signal(signed(18))
+        all_em = Signal()
+        go = Signal()
+        # "parameters of the stream's output channel og are loaded", as a register: og of the
+        # next cycle compared with ld_ch of this one (ld_ch only grows, so it may lag by a
+        # cycle, never lead)
+        ok = Signal()
+        # "counter at its last value" flags, registers (no wide compare before the enables)
+        x_last, y_last, ox_last, oy_last, og_last = (
+            Signal(name=n) for n in ("x_last", "y_last", "ox_last", "oy_last", "og_last"))
+        og_adv = emit & ox_last & oy_last
+        m.d.sync += ok.eq(Mux(go & og_adv, ld_ch > og + 1, ld_ch > og))
+        m.d.comb += [go.eq(run & ~all_em & ok), self.rd_addr.eq(addr)]
+
+        with m.If(self.start):     # the loader starts at once, the stream after the setup
+            m.d.sync += [busy.eq(1), run.eq(0), setup.eq(self.SETUP), lrun.eq(1), ld_ch.eq(0),
+                         li.eq(0), lact.eq(0), tptr.eq(d.w_base), cptr.eq(d.ch_base), freed.eq(0)]
+        with m.Elif(setup != 0):
+            m.d.sync += setup.eq(setup - 1)
+            with m.If(setup == 1):
+                m.d.sync += [run.eq(1), ix.eq(0), iy.eq(0), addr.eq(d.in_addr), cbase.eq(d.in_addr),
+                             emit.eq(first == 0), dist.eq(first), ox.eq(0), oy.eq(0), og.eq(0),
+                             row0.eq(-d.pad_t), col0.eq(-d.pad_l), all_em.eq(0),
+                             x_last.eq(wm1 == 0), y_last.eq(hm1 == 0), ox_last.eq(owm1 == 0),
+                             oy_last.eq(ohm1 == 0), og_last.eq(cm1 == 0)]
+
+        with m.If(go):
+            with m.If(x_last):
+                m.d.sync += [ix.eq(0), x_last.eq(wm1 == 0)]
+                with m.If(y_last):
+                    m.d.sync += [iy.eq(0), y_last.eq(hm1 == 0), cbase.eq(cbase + 1),
+                                 addr.eq(cbase + 1)]
+                with m.Else():
+                    m.d.sync += [iy.eq(iy + 1), y_last.eq(iy == hm2), addr.eq(addr + d.in_pitch)]
+            with m.Else():
+                m.d.sync += [ix.eq(ix + 1), x_last.eq(ix == wm2), addr.eq(addr + d.in_pitch)]
+            with m.If(emit):
+                with m.If(ox_last):
+                    m.d.sync += [ox.eq(0), ox_last.eq(owm1 == 0), col0.eq(-d.pad_l)]
+                    with m.If(oy_last):
+                        m.d.sync += [oy.eq(0), oy_last.eq(ohm1 == 0), row0.eq(-d.pad_t)]
+                        with m.If(og_last):
+                            m.d.sync += [all_em.eq(1), emit.eq(0)]
+                        with m.Else():
+                            m.d.sync += [og.eq(og + 1), og_last.eq(og == cm2), dist.eq(grp_m1),
+                                         emit.eq(grp_is1)]
+                    with m.Else():
+                        m.d.sync += [oy.eq(oy + 1), oy_last.eq(oy == ohm2), row0.eq(row0 + d.sh),
+                                     dist.eq(row_m1), emit.eq(row_is1)]
+                with m.Else():
+                    m.d.sync += [ox.eq(ox + 1), ox_last.eq(ox == owm2), col0.eq(col0 + d.sw),
+                                 dist.eq(col_m1), emit.eq(col_is1)]
+            with m.Elif(dist != 0):
+                m.d.sync += [dist.eq(dist - 1), emit.eq(dist == 1)]
+
+        # ---- metadata pipeline: issue -> S1 (arena data) -> S2 (line buffer) -> S3 (BRAM
+        # out) -> S4 (window shift) -> S5 (window, multiplier inputs) ------------------------
+        def chain(value, n, name):
+            out = [value]
+            for k in range(1, n + 1):
+                s = Signal.like(value, name=f"{name}{k}") if isinstance(value, Signal) \
+                    else Signal(len(value), name=f"{name}{k}")
+                m.d.sync += s.eq(out[-1])
+                out.append(s)
+            return out
+
+        rmask_i, cmask_i = Signal(3), Signal(3)
+        for i in range(3):
+            m.d.comb += [rmask_i[i].eq((row0 + i >= 0) & (row0 + i <= hm1)),
+                         cmask_i[i].eq((col0 + i >= 0) & (col0 + i <= wm1))]
+        go_s = Signal()
+        emit_s = Signal()
+        m.d.comb += [go_s.eq(go), emit_s.eq(go & emit)]
+        v = chain(go_s, 4, "v")
+        e = chain(emit_s, 5, "e")
+        elast_s = Signal()           # the channel's last output
+        m.d.comb += elast_s.eq(go & og_adv)
+        el = chain(elast_s, 5, "el")
+        ogc = chain(og, 5, "og")
+        rm = chain(rmask_i, 5, "rm")
+        cm = chain(cmask_i, 5, "cm")
+        xc = chain(ix[:xb], 2, "x")
+        xl_i = Signal()
+        m.d.comb += xl_i.eq(x_last)
+        xl = chain(xl_i, 2, "xl")
+
+        # S1 -> S2: arena byte registered, zero point subtracted at S2
+        d2 = Signal(signed(8))
+        m.d.sync += d2.eq(self.rd_data)
+        val2 = Signal(signed(9))
+        m.d.comb += val2.eq(d2 - d.x_zp)
+        # S2: line buffers (row y-2 in memory ry, row y-1 in the other), read-before-write
+        ry = Signal()
+        with m.If(v[2] & xl[2]):
+            m.d.sync += ry.eq(~ry)
+        raws = []
+        for k in range(2):
+            mem = Memory(shape=signed(9), depth=self.max_width, init=[])
+            m.submodules[f"row{k}"] = mem
+            wp = mem.write_port()
+            rp = mem.read_port()
+            m.d.comb += [wp.addr.eq(xc[2]), wp.data.eq(val2), wp.en.eq(v[2] & (ry == k)),
+                         rp.addr.eq(xc[2]), rp.en.eq(1)]
+            raw = Signal(signed(9), name=f"raw{k}")      # S4
+            m.d.sync += raw.eq(rp.data)
+            raws.append(raw)
+        ry3, ry4 = Signal(), Signal()
+        val3, val4 = Signal(signed(9)), Signal(signed(9))
+        m.d.sync += [ry3.eq(ry), ry4.eq(ry3), val3.eq(val2), val4.eq(val3)]
+        # S4: new column (top = row y-2 = memory ry), shift into the window
+        col = [Mux(ry4, raws[1], raws[0]), Mux(ry4, raws[0], raws[1]), val4]
+        win = [[Signal(signed(9), name=f"win{j}_{i}") for i in range(3)] for j in range(3)]
+        with m.If(v[4]):
+            for i in range(3):
+                m.d.sync += [win[0][i].eq(win[1][i]), win[1][i].eq(win[2][i]),
+                             win[2][i].eq(col[i])]
+
+        # ---- S5: multipliers (window cell x tap), adder tree with the bias ------------------
+        e5, og5, rm5, cm5 = e[5], ogc[5], rm[5], cm[5]
+        with m.If(el[5]):
+            m.d.sync += freed.eq(og5 + 1)
+        sel = og5[0]
+        prods = []
+        for i in range(3):
+            for j in range(3):
+                ok = rm5[i] & cm5[j]
+                a = Signal(signed(9), name=f"a{i}{j}")
+                if self._inject_bug == "pad_zero":
+                    m.d.comb += a.eq(Mux(ok, win[j][i], -d.x_zp))
+                else:
+                    m.d.comb += a.eq(Mux(ok, win[j][i], 0))
+                mul = Mult18(use_primitive=self.use_primitive)
+                m.submodules[f"mul{i}{j}"] = mul
+                m.d.comb += [mul.a.eq(a), mul.b.eq(Mux(sel, wset[1][i * 3 + j],
+                                                            wset[0][i * 3 + j]))]
+                prods.append(mul.p[:17].as_signed())
+        b6, b7, b8 = Signal(signed(32)), Signal(signed(32)), Signal(signed(32))
+        m.d.sync += [b6.eq(Mux(sel, bset[1], bset[0])), b7.eq(b6), b8.eq(b7)]
+        terms = prods + [b8]                     # all valid at S8
+        level = 0
+        while len(terms) > 1:
+            nxt = []
+            for k in range(0, len(terms), 2):
+                s = Signal(signed(32), name=f"t{level}_{k // 2}")
+                m.d.sync += s.eq(terms[k] + terms[k + 1] if k + 1 < len(terms) else terms[k])
+                nxt.append(s)
+            terms = nxt
+            level += 1
+        assert level == 4
+        acc12 = terms[0]
+        v12 = chain(e5, 7, "mv")[7]
+        slot12 = chain(og5[:2], 7, "slot")[7]
+        m.d.comb += [rq.i_stream.valid.eq(v12), rq.i_stream.payload.acc[0].eq(acc12),
+                     rq.i_stream.payload.ch[0].eq(slot12)]
+
+        # ---- write requests --------------------------------------------------------------------
+        wx, wy, wc, wp_ = Signal(16), Signal(16), Signal(16), Signal(24)
+        o = rq.o_stream
+        m.d.comb += [self.wr_en.eq(o.valid & busy), self.wr_pix.eq(wp_), self.wr_ch.eq(wc),
+                     self.wr_data.eq(o.payload[0])]
+        with m.If(self.start):
+            m.d.sync += [wx.eq(0), wy.eq(0), wc.eq(0), wp_.eq(0)]
+        with m.Elif(o.valid & busy):
+            m.d.sync += [wx.eq(wx + 1), wp_.eq(wp_ + 1)]
+            with m.If(wx == owm1):
+                m.d.sync += [wx.eq(0), wy.eq(wy + 1)]
+                with m.If(wy == ohm1):
+                    m.d.sync += [wy.eq(0), wp_.eq(0), wc.eq(wc + 1)]
+                    with m.If(wc == cm1):
+                        m.d.sync += [busy.eq(0), run.eq(0), lrun.eq(0)]
+        return m
