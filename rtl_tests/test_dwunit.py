@@ -9,9 +9,11 @@ checks that each (pix, ch) is written exactly once with the int8 value of ``ops.
 (random tensors, weights, biases, realistic per-channel scales, x_zp/y_zp, clamp ranges).
 The cycle count of every layer (start to done) is checked against the streaming goal.
 
-Fast tier: one Verilator build (cocotb_dwunit) running every geometry; an Amaranth-simulator
-run of a small layer pair; the same small pair through a unit that pads with 0 instead of
-``x_zp`` must fail.
+Fast tier: one Verilator build (cocotb_dwunit) running every geometry (12 layers in 6
+back-to-back pairs: stride 1, 2 and 1x2, padding (1,1,1,1), (0,0,1,1), (1,0,1,1) and none,
+6x6 .. 12x12, 9x16, 2x3, 1x1, 1..8 channels); Amaranth-simulator runs of a small layer pair,
+of the same pair through a unit that pads with 0 instead of ``x_zp`` (must fail), and of a
+real MobileNet depthwise layer (descriptor and weight stores from hwgen.hw.layer_io).
 """
 from __future__ import annotations
 
@@ -153,9 +155,9 @@ def cycle_budget(fields) -> int:
 
 # -- Amaranth simulator (small pair; also the broken-variant check) ----------------------------
 
-def run_pysim(run, bug=None):
+def run_pysim(run, bug=None, max_width=MAX_WIDTH):
     from amaranth.sim import Simulator
-    dut = DwBench(bug=bug)
+    dut = DwBench(max_width=max_width, bug=bug)
     results = []
 
     async def tb(ctx):
@@ -225,3 +227,82 @@ def test_dwunit_verilator(tmp_path):
         lines.append(f"{name}: {cycles} cycles, C*H*W = {ideal}")
         assert cycles <= cycle_budget(ff), (name, cycles, ideal)
     print("\n".join(lines))
+
+
+def random_geoms(rng, n):
+    """``n`` random valid geometries (h, w, c, (sh, sw), (t, l, b, r)), up to 14 x 14 x 6."""
+    out = []
+    while len(out) < n:
+        h, w = (int(v) for v in rng.integers(1, 15, 2))
+        c = int(rng.integers(1, 7))
+        s = tuple(int(v) for v in rng.integers(1, 3, 2))
+        t, b = [(0, 0), (1, 1), (0, 1), (1, 0), (0, 2), (2, 0)][int(rng.integers(0, 6))]
+        l, r = [(0, 0), (1, 1), (0, 1), (1, 0), (0, 2), (2, 0)][int(rng.integers(0, 6))]
+        if h + t + b >= 3 and w + l + r >= 3:
+            out.append((h, w, c, s, (t, l, b, r)))
+    return out
+
+
+@pytest.mark.slow
+def test_dwunit_verilator_random(tmp_path):
+    """Random geometries (strides, asymmetric and cropping paddings) through the same build."""
+    rng = np.random.default_rng(11)
+    geoms = random_geoms(rng, 40)
+    runs = [make_run(rng, geoms[i:i + 2]) for i in range(0, len(geoms), 2)]
+    result = tmp_path / "cycles.json"
+    harness.run(DwBench(), toplevel="dwbench", test_module="cocotb_dwunit",
+                config={"runs": runs, "result": str(result)},
+                build_name="dwunit_random")   # own build dir: test-all runs tiers in parallel
+    fields = {lay["name"]: lay["fields"] for r in runs for lay in r["layers"]}
+    measured = json.loads(result.read_text())
+    assert len(measured) == len(geoms)
+    for name, cycles in measured:
+        assert cycles <= cycle_budget(fields[name]), (name, cycles)
+
+
+def test_dwunit_real_mobilenet_layer():
+    """A depthwise layer of a real plan: the descriptor from layer_io.layer_descriptors and
+    the tap bytes / channel records from layer_io.weight_stores (relocated into the bench),
+    against ops.conv2d with the network's quantised weights and scales."""
+    import boards
+    from hwgen import flow, mapper
+    from hwgen.hw import layer_io
+    qg = flow.quantized("mobilenet", alpha=0.25, resolution=32, classes=3)
+    plan = mapper.plan(qg, boards.get_board("ulx3s", "85F"))
+    cols = plan.engines.sa_cols
+    _, dw_bytes, _, ch_words, _ = layer_io.weight_stores(plan, cols)
+    descs = {d.name: d.fields for d in layer_io.layer_descriptors(plan, cols)}
+    dws = [lp.name for lp in plan.layers if lp.kind == "dw"]
+    assert len(dws) == 13
+    for n in dws:                      # every depthwise layer of the network fits the unit
+        check_desc(descs[n], 16, 256)
+    name = "dw2"
+    lp = next(lp for lp in plan.layers if lp.name == name)
+    f = dict(descs[name])
+    check_desc(f, MAX_WIDTH * 2, 64)
+    c, h, w = f["out_c"], f["in_h"], f["in_w"]
+    qw = qg.weights[name]
+    scale = arith.conv_scale(qg.act_q[lp.inputs[0].tensor].scale, qw.scale,
+                             qg.act_q[name].scale)
+    rng = np.random.default_rng(3)
+    x = rng.integers(-128, 128, (1, c, h, w), dtype=np.int8)
+    sh, sw, t, l = f["sh"], f["sw"], f["pad_t"], f["pad_l"]
+    b = (f["out_h"] - 1) * sh + 3 - h - t
+    r = (f["out_w"] - 1) * sw + 3 - w - l
+    y = ops.conv2d(x, f["x_zp"], qw.weight, qw.bias, scale, f["y_zp"], (sh, sw), (t, l, b, r),
+                   groups=c, lo=f["lo"], hi=f["hi"])[0]
+    # relocate: input at 5 (the plan's pitch), taps at 3, records at 1
+    loads = []
+    for yy in range(h):
+        for xx in range(w):
+            for cc in range(c):
+                loads.append((0, 5 + (yy * w + xx) * f["in_pitch"] + cc,
+                              int(x[0, cc, yy, xx]) & 0xff))
+    loads += [(1, 3 + i, dw_bytes[f["w_base"] + i] & 0xff) for i in range(9 * c)]
+    loads += [(2, 1 + i, ch_words[f["ch_base"] + i]) for i in range(c)]
+    f.update(in_addr=5, w_base=3, ch_base=1)
+    layer = {"name": name, "desc": Const.cast(DESC.const(f)).value,
+             "expected": y.astype(int).tolist()}
+    (lay, writes, cycles), = run_pysim({"loads": loads, "layers": [layer]}, max_width=32)
+    check_layer(lay, writes, cycles)
+    assert cycles <= cycle_budget(f), cycles
