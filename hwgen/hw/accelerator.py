@@ -34,12 +34,13 @@ from __future__ import annotations
 
 from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .bram import BlockRam
 from .accel_if import AccelParams, AccelSignature
-from .layer_io import (KIND_ADD, KIND_ARRAY, KIND_AVGPOOL, KIND_MAXPOOL, AddUnit,
+from .layer_io import (KIND_ADD, KIND_ARRAY, KIND_AVGPOOL, KIND_DW, KIND_MAXPOOL, AddUnit,
                        AvgPoolUnit, BiasFeeder, MaxPoolUnit, OutputWriter, PatchFeeder, Placer,
                        WeightFeeder, avgpool_configs, layer_descriptors, weight_stores)
 from .sequencer import Sequencer
@@ -98,8 +99,9 @@ class Accelerator(wiring.Component):
     def describe(self) -> str:
         """What this accelerator instantiates (the engines that are really built)."""
         kinds = {f["kind"] for f in (l.fields for l in self.layers) if not f["skip"]}
-        units = [n for k, n in ((KIND_MAXPOOL, "max pool"), (KIND_AVGPOOL, "average pool"),
-                                (KIND_ADD, "residual add")) if k in kinds]
+        units = [n for k, n in ((KIND_DW, "depthwise 3x3"), (KIND_MAXPOOL, "max pool"),
+                                (KIND_AVGPOOL, "average pool"), (KIND_ADD, "residual add"))
+                 if k in kinds]
         return (f"systolic array {self.rows}x{self.cols} with a {self.cols}-lane requantiser"
                 + "".join(f", {u} unit" for u in units))
 
@@ -156,6 +158,14 @@ class Accelerator(wiring.Component):
             m.d.comb += avgu.index.eq(seq.index)
             units.append((d.kind == KIND_AVGPOOL, avgu, avgu))
             done[KIND_AVGPOOL] = avgu.done
+        dw_rows = [f for f in descs if not f["skip"] and f["kind"] == KIND_DW]
+        if dw_rows:
+            from .dwunit import DwUnit
+            dwu = DwUnit(max(f["in_w"] for f in dw_rows), max(f["out_c"] for f in dw_rows),
+                         use_primitive=self.use_primitive)
+            m.submodules.dwu = dwu
+            units.append((d.kind == KIND_DW, dwu, dwu))
+            done[KIND_DW] = dwu.done
         for sel, wu, ru in units:
             if wu is not writer:
                 m.d.comb += [wu.desc.eq(d), wu.start.eq(seq.run_start & sel),
@@ -166,7 +176,15 @@ class Accelerator(wiring.Component):
         wiring.connect(m, patch.o_stream, sconv.a_stream)
         wiring.connect(m, wfeed.o_stream, sconv.w_stream)
         wiring.connect(m, bfeed.o_stream, sconv.b_stream)
-        wiring.connect(m, sconv.o_stream, writer.i_stream)
+        # a small FIFO between the requantiser and the writer: the writer's ready (a function of
+        # the beat's channel) must not reach the requantiser's pipeline enable combinationally
+        olay = sconv.o_stream.payload.shape()
+        m.submodules.ofifo = ofifo = SyncFIFOBuffered(width=olay.size, depth=4)
+        m.d.comb += [ofifo.w_en.eq(sconv.o_stream.valid), ofifo.w_data.eq(sconv.o_stream.payload),
+                     sconv.o_stream.ready.eq(ofifo.w_rdy),
+                     writer.i_stream.valid.eq(ofifo.r_rdy),
+                     writer.i_stream.payload.eq(ofifo.r_data),
+                     ofifo.r_en.eq(writer.i_stream.ready)]
         cfg = sconv.cfg
         m.d.comb += [cfg.pixels.eq(d.pixels), cfg.k.eq(d.k), cfg.groups.eq(d.groups),
                      cfg.otiles.eq(d.otiles), cfg.beats.eq(d.gk),
@@ -180,8 +198,14 @@ class Accelerator(wiring.Component):
         if KIND_MAXPOOL in kinds:
             ch_addr = Mux(on_array, bfeed.rd_addr, mpool.t_addr)
             m.d.comb += mpool.t_data.eq(c_r.data)
+        t_addr = wfeed.t_addr
+        if dw_rows:
+            on_dw = d.kind == KIND_DW
+            ch_addr = Mux(on_dw, dwu.c_addr, ch_addr)
+            t_addr = Mux(on_dw, dwu.t_addr, t_addr)
+            m.d.comb += [dwu.c_data.eq(c_r.data), dwu.t_data.eq(t_r.data)]
         m.d.comb += [w_r.addr.eq(wfeed.w_addr), wfeed.w_data.eq(w_r.data),
-                     t_r.addr.eq(wfeed.t_addr), wfeed.t_data.eq(t_r.data),
+                     t_r.addr.eq(t_addr), wfeed.t_data.eq(t_r.data),
                      c_r.addr.eq(Mux(seq.ch_sel, seq.ch_addr, ch_addr)),
                      seq.ch_data.eq(c_r.data), bfeed.rd_data.eq(c_r.data)]
 

@@ -161,10 +161,7 @@ class BlockRam(wiring.Component):
                 dout.append(do[:n])
             from amaranth import Cat
             row_out.append(Cat(*dout))
-        out = row_out[0]
-        for r in range(1, rows):
-            out = Mux(sel == r, row_out[r], out)
-        m.d.comb += self.r_data.eq(out)
+        m.d.comb += self.r_data.eq(_mux_tree(sel, row_out))
         return m
 
 
@@ -180,3 +177,13 @@ def _instance(bits, wen, ren, ports, params):
         i_WEA=wen, i_CEA=Const(1, 1), i_OCEA=Const(1, 1), i_RSTA=Const(0, 1),
         i_WEB=Const(0, 1), i_CEB=ren, i_OCEB=ren, i_RSTB=Const(0, 1),
         **ports, **params)
+
+
+def _mux_tree(sel, items):
+    """``items[sel]`` as a balanced tree of 2:1 multiplexers (depth ceil(log2(n)), not n)."""
+    level, bit = list(items), 0
+    while len(level) > 1:
+        level = [Mux(sel[bit], level[i + 1], level[i]) if i + 1 < len(level) else level[i]
+                 for i in range(0, len(level), 2)]
+        bit += 1
+    return level[0]

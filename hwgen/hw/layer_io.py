@@ -37,12 +37,13 @@ from . import add as _add
 from ..mapper import program as prog
 from ..mapper.plan import WEIGHTS_SECTION_A
 
-__all__ = ["DESC", "KIND_ARRAY", "KIND_MAXPOOL", "KIND_ADD", "KIND_AVGPOOL", "MaxPoolUnit", "AddUnit", "Placer",
+__all__ = ["DESC", "KIND_ARRAY", "KIND_MAXPOOL", "KIND_ADD", "KIND_AVGPOOL", "KIND_DW", "MaxPoolUnit", "AddUnit", "Placer",
            "AvgPoolUnit", "avgpool_configs", "MODE_WORD", "MODE_DW", "MODE_ONES", "LayerDesc", "layer_descriptors",
            "weight_stores", "PatchFeeder", "WeightFeeder", "BiasFeeder", "OutputWriter"]
 
-#: Unit that runs a layer: the systolic array, the serial max-pool unit, the add unit.
-KIND_ARRAY, KIND_MAXPOOL, KIND_ADD, KIND_AVGPOOL = 0, 1, 2, 3
+#: Unit that runs a layer: the systolic array, the serial max-pool unit, the add unit, the
+#: average-pool unit, the depthwise unit (:class:`hwgen.hw.dwunit.DwUnit`).
+KIND_ARRAY, KIND_MAXPOOL, KIND_ADD, KIND_AVGPOOL, KIND_DW = 0, 1, 2, 3, 4
 _ADD_CFG = _add.CONFIG_LAYOUT
 #: Weight source of a layer: weight-store words, depthwise tap bytes, constant 1 (pooling).
 MODE_WORD, MODE_DW, MODE_ONES = 0, 1, 2
@@ -50,7 +51,7 @@ MODE_WORD, MODE_DW, MODE_ONES = 0, 1, 2
 #: The sequencer's descriptor (one per program descriptor), all fields precomputed.
 DESC = data.StructLayout({
     "skip": unsigned(1),          # address remap: nothing to run
-    "kind": unsigned(2),          # KIND_*: which unit runs the layer
+    "kind": unsigned(3),          # KIND_*: which unit runs the layer
     "table": unsigned(1),         # output through the 256-entry rescale table at t_base
     "t_base": unsigned(24),       # channel-store word of the rescale table
     "mode": unsigned(2),          # MODE_*
@@ -138,13 +139,15 @@ def _finish(f: dict, rows: int) -> dict:
     return f
 
 
-def layer_descriptors(plan, cols: int, rows: int | None = None) -> list[LayerDesc]:
+def layer_descriptors(plan, cols: int, rows: int | None = None,
+                      dw_unit: bool = True) -> list[LayerDesc]:
     """The sequencer's descriptors, one per program descriptor (firmware/README.md), with
     every loop bound and base address precomputed.
 
     Raises NotImplementedError for layers this accelerator does not run yet (windowed
     pooling, residual add, copies) naming the layer. ``rows``: the array's rows (default:
-    the plan's).
+    the plan's). ``dw_unit``: depthwise layers the :class:`hwgen.hw.dwunit.DwUnit` can run
+    (3x3, stride 1/2) go to it (``KIND_DW``), the others run on the array as grouped convs.
     """
     rows = rows or plan.engines.sa_rows
     _, _, dw_base, _, b0 = weight_stores(plan, cols)
@@ -227,6 +230,13 @@ def layer_descriptors(plan, cols: int, rows: int | None = None) -> list[LayerDes
         f["otiles"] = -(-f["cout_g"] // cols)
         f["pixels"] = f["out_h"] * f["out_w"]
         f["beats"] = f["pixels"] * f["groups"] * f["otiles"]
+        if lp.kind == "dw" and dw_unit:
+            from .dwunit import check_desc
+            try:
+                check_desc(f)
+                f["kind"] = KIND_DW
+            except ValueError:
+                pass                    # a geometry the unit does not run: on the array
         out.append(LayerDesc(lp.name, _finish(f, rows)))
     return out
 
