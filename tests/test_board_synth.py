@@ -113,3 +113,26 @@ def test_retry_at_lower_clock(tmp_path, monkeypatch):
     built.clear()
     res = build_bitstream(lambda mhz: f"design@{mhz}", "ulx3s-85f", 150.0, tmp_path)
     assert built == [("design@150.0", 150.0)] and res.timing_met is False
+
+
+def test_abc9_crash_falls_back_to_classic_abc(tmp_path, monkeypatch):
+    """When yosys' ABC9 dies, synthesis is re-planned (on a fresh platform: one platform
+    prepares one design only once) with the classic ABC LUT mapper, and says so."""
+    from boards import build as bb
+    calls = []
+
+    def fake_tool(tool, var, args, outdir, env, timeout):
+        script = (outdir / "top.ys").read_text()
+        calls.append("abc -lut 4" in script)
+        if len(calls) == 1:
+            (outdir / "top.rpt").write_text("2.46.25.5. Executing ABC9.\nERROR: Assert failed\n")
+            raise ToolError("yosys failed (exit 1)")
+        (outdir / "top.stat").write_text("   42 LUT4\n   3 DP16KD\n")
+        return str(outdir / "top.rpt")
+    monkeypatch.setattr(bb, "_run_tool", fake_tool)
+    events = []
+    res = build_bitstream(_top(50), "ulx3s-12f", 50, tmp_path, synth_only=True,
+                          progress=lambda stage, msg: events.append((stage, msg)))
+    assert calls == [False, True]
+    assert any("classic ABC" in msg for _, msg in events)
+    assert res.resources["lut4"]["used"] == 42 and res.resources["dp16kd"]["used"] == 3

@@ -74,8 +74,9 @@ class _DP16KDModel(Elaboratable):
     """Behaviour of one DP16KD as BlockRam uses it (port A writes, port B reads, NOREG),
     its contents decoded from INITVAL the way yosys' mapping lays them out."""
 
-    def __init__(self, bits, wen, ren, ports, params):
+    def __init__(self, bits, wen, ren, ports, params, latency=1):
         self.bits, self.wen, self.ren, self.ports = bits, wen, ren, ports
+        self.latency = latency
         n18 = []
         for row in range(64):
             v = params[f"p_INITVAL_{row:02X}"].value
@@ -101,18 +102,23 @@ class _DP16KDModel(Elaboratable):
                      wp.data.eq(Cat(*[p[f"i_DIA{i}"] for i in range(bits)])),
                      rp.addr.eq(Cat(*[p[f"i_ADB{i}"] for i in range(lsb, 14)])),
                      rp.en.eq(self.ren)]
-        m.d.comb += [p[f"o_DOB{i}"].eq(rp.data[i]) for i in range(bits)]
+        if self.latency == 1:
+            m.d.comb += [p[f"o_DOB{i}"].eq(rp.data[i]) for i in range(bits)]
+        else:                                   # REGMODE_B = OUTREG, OCEB = ren
+            with m.If(self.ren):
+                m.d.sync += [p[f"o_DOB{i}"].eq(rp.data[i]) for i in range(bits)]
         return m
 
 
-@pytest.mark.parametrize("width,depth,writable", [(8, 5000, True), (96, 2500, False),
-                                                  (64, 1500, False), (17, 300, True)])
-def test_primitive_equals_behavioural(monkeypatch, width, depth, writable):
+@pytest.mark.parametrize("width,depth,writable,latency",
+                         [(8, 5000, True, 1), (96, 2500, False, 1), (64, 1500, False, 1),
+                          (17, 300, True, 1), (8, 5000, True, 2), (96, 2500, False, 2)])
+def test_primitive_equals_behavioural(monkeypatch, width, depth, writable, latency):
     monkeypatch.setattr(bram, "_instance", _DP16KDModel)
     rnd = random.Random(depth)
     init = [rnd.getrandbits(width) for _ in range(depth - 7)]
-    prim = BlockRam(width, depth, init, writable=writable, use_primitive=True)
-    ref = BlockRam(width, depth, init, writable=writable, use_primitive=False)
+    prim = BlockRam(width, depth, init, writable=writable, use_primitive=True, latency=latency)
+    ref = BlockRam(width, depth, init, writable=writable, use_primitive=False, latency=latency)
 
     class Pair(Elaboratable):
         def elaborate(self, platform):

@@ -78,7 +78,8 @@ class Accelerator(wiring.Component):
         self.plan = plan
         e = plan.engines
         self.rows, self.cols = e.sa_rows, e.sa_cols
-        self.layers = layer_descriptors(plan, self.cols, self.rows)
+        self.layers = layer_descriptors(plan, self.cols, self.rows,
+                                        dw_unit=bool(e.dw_lanes))
         descs = [l.fields for l in self.layers]
         run = [f for f in descs if not f["skip"] and f["kind"] == KIND_ARRAY]
         self.sa = SystolicParams(

@@ -73,16 +73,21 @@ class BlockRam(wiring.Component):
     writable: add the write port (``w_addr``/``w_data``/``w_en``).
     use_primitive: DP16KD instances (True), a behavioural Memory (False), or by platform.
     name: name of the behavioural memory in the generated Verilog.
+    latency: read latency in cycles: 1 (the block RAM's output straight out), or 2 (its
+        output register on: the block RAM's clock-to-out no longer starts a timing path).
 
     Members
     -------
-    r_addr: In, r_data: Out(width): registered read, data one cycle after the address
-    (``r_en`` low holds the output). w_addr, w_data, w_en: write port (new data is not
+    r_addr: In, r_data: Out(width): registered read, data ``latency`` cycles after the
+    address (``r_en`` low holds every read stage). w_addr, w_data, w_en: write port (new data is not
     forwarded to a read of the same address in the same cycle).
     """
 
     def __init__(self, width: int, depth: int, init=None, writable: bool = True,
-                 use_primitive: bool | None = None, name: str = "mem"):
+                 use_primitive: bool | None = None, name: str = "mem", latency: int = 1):
+        if latency not in (1, 2):
+            raise ValueError(f"BlockRam latency must be 1 or 2, got {latency!r}")
+        self.latency = latency
         self.name = name
         self.width, self.depth = width, max(depth, 2)
         self.init = list(init or [])
@@ -108,8 +113,12 @@ class BlockRam(wiring.Component):
             mem = Memory(shape=unsigned(self.width), depth=self.depth, init=self.init)
             m.submodules[self.name] = mem
             rp = mem.read_port()
-            m.d.comb += [rp.addr.eq(self.r_addr), rp.en.eq(self.r_en),
-                         self.r_data.eq(rp.data)]
+            m.d.comb += [rp.addr.eq(self.r_addr), rp.en.eq(self.r_en)]
+            if self.latency == 1:
+                m.d.comb += self.r_data.eq(rp.data)
+            else:
+                with m.If(self.r_en):
+                    m.d.sync += self.r_data.eq(rp.data)
             if self.writable:
                 wp = mem.write_port()
                 m.d.comb += [wp.addr.eq(self.w_addr), wp.data.eq(self.w_data),
@@ -124,6 +133,11 @@ class BlockRam(wiring.Component):
         if rows > 1:
             with m.If(self.r_en):
                 m.d.sync += sel.eq(self.r_addr[wbits:])
+            if self.latency == 2:
+                sel2 = Signal.like(sel)
+                with m.If(self.r_en):
+                    m.d.sync += sel2.eq(sel)
+                sel = sel2
         row_out = []
         for r in range(rows):
             chunk = self.init[r * words:(r + 1) * words]
@@ -157,7 +171,7 @@ class BlockRam(wiring.Component):
                     wen = Const(0, 1)
                 params = {f"p_{k}": Const(v, 320) for k, v in initvals(vals, bits).items()}
                 m.submodules[f"bram_{r}_{c}"] = _instance(
-                    bits, wen, self.r_en, ports, params)
+                    bits, wen, self.r_en, ports, params, self.latency)
                 dout.append(do[:n])
             from amaranth import Cat
             row_out.append(Cat(*dout))
@@ -165,11 +179,12 @@ class BlockRam(wiring.Component):
         return m
 
 
-def _instance(bits, wen, ren, ports, params):
+def _instance(bits, wen, ren, ports, params, latency=1):
     from amaranth.hdl import Instance
     return Instance(
         "DP16KD",
-        p_DATA_WIDTH_A=bits, p_DATA_WIDTH_B=bits, p_REGMODE_A="NOREG", p_REGMODE_B="NOREG",
+        p_DATA_WIDTH_A=bits, p_DATA_WIDTH_B=bits, p_REGMODE_A="NOREG",
+        p_REGMODE_B="OUTREG" if latency == 2 else "NOREG",
         p_RESETMODE="SYNC", p_ASYNC_RESET_RELEASE="SYNC", p_CSDECODE_A="0b000",
         p_CSDECODE_B="0b000", p_WRITEMODE_A="NORMAL", p_WRITEMODE_B="NORMAL",
         p_GSR="DISABLED",
