@@ -105,8 +105,7 @@ def _format_plan(p, s) -> str:
     from .summary import si
     e = s["engines"]
     lines = [f"{s['model']} on {s['board']} ({'fits' if s['fits'] else 'DOES NOT FIT'})",
-             f"engines: systolic {e['sa_rows']}x{e['sa_cols']} (lanes {e['sa_lanes']}), depthwise "
-             f"{e['dw_lanes']} lanes k{e['dw_k']}, requant {e['rq_lanes']} lanes, pool/add {e['vec_lanes']} lanes",
+             f"engines: {p.engines.describe()}",
              f"{'layer':<24} {'op':<14} {'engine':<16} {'MACs':>8} {'cycles':>9} {'ideal':>9}"]
     for l in p.layers:
         lines.append(f"{l.name:<24} {l.op:<14} {l.engine:<16} {si(l.macs):>8} {l.cycles:>9} {l.ideal_cycles:>9}")

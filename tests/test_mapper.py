@@ -152,6 +152,10 @@ def test_small_devices_refuse_with_both_resources(graphs):
     assert res == {"block RAM (weights)", "block RAM (activations)"}
     act = next(pr for pr in p.problems if pr.resource == "block RAM (activations)")
     assert act.need > act.have == p.limits["dp16kd"] == int(32 * 0.85)
+    # a 1 x 1 array with its requantiser lane, the address multipliers and the depthwise
+    # unit just fits the 12F's 28 MULT18X18D after the margin
+    assert p.total("mult18") == 1 + cost.REQUANT_DSP_PER_LANE + cost.DSP_ADDRESS + cost.DW_DSP
+    assert p.total("mult18") <= p.limits["mult18"] == int(28 * 0.85)
 
 
 def test_margin(graphs):
@@ -187,7 +191,9 @@ def test_schedule_cycles_and_utilization(graphs, key):
                 p.engines.dw_macs if kind == "dw" else p.engines.sa_macs))
         elif isinstance(n, ir.FullyConnected):
             assert l.engine == "systolic"
-        elif isinstance(n, (ir.MaxPool, ir.AvgPool, ir.GlobalAvgPool)):
+        elif l.kind == "gap":            # a global average pool runs on the array
+            assert isinstance(n, (ir.GlobalAvgPool, ir.AvgPool)) and l.engine == "systolic"
+        elif isinstance(n, (ir.MaxPool, ir.AvgPool)):
             assert l.engine == "pool"
         elif isinstance(n, ir.Add):
             assert l.engine == "add" and l.cycles > 0
@@ -195,53 +201,116 @@ def test_schedule_cycles_and_utilization(graphs, key):
             assert l.engine == "remap" and l.cycles == 0 and l.macs == 0
 
 
+@pytest.mark.parametrize("key", list(NETS))
+def test_engines_are_what_the_accelerator_builds(graphs, key):
+    """One activation byte per cycle into the array, a C-lane requantiser, one depthwise lane
+    when there are depthwise layers, one pool/add lane; the search's MULT18X18D prefilter
+    agrees with the resource model."""
+    from hwgen.mapper.plan import _dsp, _engines_limits, _model
+    g = graphs[key]
+    s = _engines_limits(_model(g, None), 256)
+    has_dw = any(isinstance(n, ir.Conv2d) and n.is_depthwise for n in g.nodes)
+    for dev in ("45F", "85F"):
+        p = _plan(graphs, key, dev)
+        e = p.engines
+        assert (e.sa_lanes, e.rq_lanes, e.vec_lanes, e.dw_lanes) == (1, e.sa_cols, 1, int(has_dw))
+        assert e.dw_k == (3 if has_dw else 0) and e.act_word_bytes == 1
+        assert all(l.bands == 1 for l in p.layers)
+        assert p.total("mult18") == _dsp(s, e.sa_rows, e.sa_cols, 1, e.dw_lanes, e.rq_lanes, 1)
+        d = e.describe()
+        assert d.startswith(f"systolic array {e.sa_rows}x{e.sa_cols} with a {e.sa_cols}-lane "
+                            f"requantiser")
+        assert ("depthwise unit (1 lane, 3x3)" in d) == has_dw and "L=" not in d
+
+
 def test_engine_resources_follow_the_model(graphs):
     p = _plan(graphs, "vww", "85F")
     e = p.engines
+    R, C = e.sa_rows, e.sa_cols
     dsp = {u.name: u.mult18 for u in p.usage}
-    assert dsp["systolic"] == e.sa_rows * e.sa_cols
-    assert dsp["dwconv"] == e.dw_lanes * 9
-    assert dsp["requant"] == 4 * e.rq_lanes
-    assert dsp["pool/add"] == cost.GAP_DSP           # MobileNet's only pool is the global one
+    # MobileNet has no max / average pool or add: no such units
+    assert dsp == {"systolic": R * C, "requant": 4 * C, "feeders": cost.DSP_ADDRESS,
+                   "dwconv": 9 + 4, "sequencer": 0, "host link": 0, "activations": 0,
+                   "weights": 0, "channel params": 0}
     assert p.total("mult18") == sum(dsp.values())
     lut = {u.name: u.lut4 for u in p.usage}
-    assert lut["systolic"] >= cost.LUT_PER_MAC * e.sa_rows * e.sa_cols
+    assert lut["systolic"] >= cost.LUT_PER_MAC * R * C
     bram = {u.name: u.dp16kd for u in p.usage}
+    # the byte-wide arena (55,296 bytes: 27 blocks of 2048 x 9), the array's activation
+    # store (the global pool's 256 x 3 x 3 patch: 2 banks of 4096 bytes per row), one
+    # parameter memory per requantiser lane (256 channels x 30 bits)
+    assert p.arena_bytes == 55296 and bram["activations"] == 27
+    assert e.sa_max_k == 256 * 9 and bram["systolic"] == R * 4
+    # dw line buffers: 48 words, distributed RAM
+    assert bram["requant"] == C and bram["dwconv"] == 0 and bram["host link"] == 1
+    assert bram["feeders"] == 1                                 # place table, 256 x 17
     # weights: every on-chip byte of the weight store is counted
     assert bram["weights"] * 18432 >= 8 * sum(l.w_bytes for l in p.layers)      # 18 Kbit each
-    assert bram["activations"] * 18432 >= 8 * p.arena_bytes
-    # squeezenet has no depthwise layers: no depthwise engine at all
+    # squeezenet has no depthwise layers: no depthwise unit at all
     q = _plan(graphs, "squeezenet", "85F")
     assert q.engines.dw_lanes == 0 and "dwconv" not in {u.name for u in q.usage}
+    assert "maxpool" in {u.name for u in q.usage} and "add" not in {u.name for u in q.usage}
+
+
+@pytest.mark.parametrize("key", ["vww", "shufflenet"])
+def test_store_blocks_match_the_accelerator_memories(qplans, key):
+    """The weight, tap and channel stores the accelerator instantiates (from the plan's
+    weight image) take exactly the DP16KD the mapper counts."""
+    from hwgen.hw.layer_io import weight_stores
+    p = qplans[key]
+    C = p.engines.sa_cols
+    words, taps, _, ch, _ = weight_stores(p, C)
+    bram = {u.name: u.dp16kd for u in p.usage}
+    assert bram["weights"] == cost.bram_blocks(8 * C, len(words)) + cost.bram_blocks(8, len(taps))
+    assert bram["channel params"] == cost.bram_blocks(64, len(ch))
+    assert bram["activations"] == cost.bram_blocks(8, p.arena_bytes)
 
 
 def test_cycle_model_formulas():
-    # 8 pixels, K=64, 16 channels on a 4 x 8 array, 8 lanes in, 8 requantiser lanes:
-    # first load 4*8, then two tiles of 2 otiles * 64 beats, drain 4 + 7 + 14, setup 16
-    assert cost.sa_layer_cycles(8, 64, 16, 1, 4, 8, 8, 8) == 32 + 128 + 128 + 4 + 7 + 14 + 16
-    # requantiser-bound: one lane drains 8 columns per row -> a step is 4*8 + 6 > K = 16
-    assert cost.sa_layer_cycles(4, 16, 8, 1, 4, 8, 8, 1) == 4 * 2 + 38 + 4 * 8 + 21 + 16
-    # load-bound: 1 lane feeding K = 64 bytes per pixel for a single output tile
-    assert cost.sa_layer_cycles(8, 64, 8, 1, 4, 8, 1, 8) == 256 + 256 + 64 + 4 + 21 + 16
-    # depthwise 16 channels 24x24 on 8 lanes, stride 1, pad 1: G*H*W beats + flush
-    # (hw/dwconv.py's docstring example: 1177 beats for 1152 outputs)
-    assert cost.stream_beats(2, 24, 24, 3, 1, 1, 1, 24, 24) == 1177
+    """The array's cycle model on the measured MobileNet 0.25/96 layers (6 x 12 array,
+    ``hwgen sim ... --json`` per_layer_cycles in the comments)."""
+    pipe, seq = cost.SA_PIPE, cost.SEQ_OVERHEAD
+    # compute-bound pw8 (1x1 128 -> 128 at 6x6; 9,435): first tile load 6*128, six tiles of
+    # 11 output tiles x 128 beats, the last step's 6 rows x 8 channels, sequencer 128 + 9
+    assert cost.sa_layer_cycles(36, 128, 128, 1, 6, 12) == (768 + 6 * 11 * 128 + 48 + pipe
+                                                             + 128 + seq) == 9435
+    # load-bound conv1 (3x3 s2, 3 -> 8, 48x48 out; 62,333): 27 patch bytes per pixel, then
+    # the last tile's one step of 27 beats and its 6 x 8 output bytes
+    assert cost.sa_layer_cycles(2304, 27, 8, 1, 6, 12) == 2304 * 27 + 27 + 48 + pipe + 8 + seq
+    # writer-bound pw2 (1x1 8 -> 16 at 48x48; 36,994): first load, first step (its bias
+    # vector: 12 records + 3), then 16 output bytes per pixel
+    assert cost.sa_layer_cycles(2304, 8, 16, 1, 6, 12) == 48 + 15 + 2304 * 16 + pipe + 16 + seq
+    # a short step waits for the previous drain: 4 pixels, K = 4 -> 4 + 7 cycles per step
+    assert cost.sa_layer_cycles(4, 4, 3, 1, 4, 4) == 16 + (4 + 7) + 4 * 3 + pipe + 3 + seq
+    # the global average pool on the array (256 groups of 9, one pixel; 4,908): the whole
+    # patch loads before the first step
+    assert cost.sa_layer_cycles(1, 9, 1, 256, 6, 12) == 2304 + 256 * 9 + 1 + pipe + 256 + seq
+    # the other units
+    assert cost.dw_layer_cycles(8, 48, 48) == 8 * 2304 + 48 + cost.DW_LATENCY + 8 + seq
+    # small planes wait for the parameter loader: two channels per h*w + 18 cycles
+    # (MobileNet dw14, 256 x 3x3: 3,758 measured; ShuffleNet stage 4, 120 x 2x2: 1,486)
+    assert cost.dw_layer_cycles(256, 3, 3) == 128 * (9 + 18) + 3 + cost.DW_LATENCY + 256 + seq
+    assert cost.dw_layer_cycles(120, 2, 2) == 60 * (4 + 18) + 2 + cost.DW_LATENCY + 120 + seq
+    assert cost.maxpool_cycles(24, 16, 16, 3, 3) == 24 * 256 * 12 + cost.MAXPOOL_LATENCY + 24 + seq
+    assert cost.add_cycles(60, 8, 8) == 2 * 60 * 64 + cost.ADD_LATENCY + 60 + seq
+    assert cost.avg_interval() == 30                       # hw/pool.py, 3 quotient bits a cycle
+    assert cost.avgpool_cycles(24, 17, 17, 8, 8) == 24 * 64 * 30 + cost.AVGPOOL_LATENCY + 24 + seq
+    # memories
+    assert cost.bram_blocks(8, 55296) == 27 and cost.bram_blocks(96, 18141) == 99
+    assert cost.bram_blocks(8, 0) == 1 and cost.bram_blocks(64, 2740) == 12
+    assert cost.sa_store_blocks(6, 2304) == 24 and cost.sa_store_blocks(4, 256) == 4
     assert cost.dp16kd_for(2048, 8) == 1 and cost.dp16kd_for(4096, 8) == 2
     assert cost.dp16kd_for(2048, 128) == 15 and cost.dp16kd_for(512, 72) == 2
     assert cost.dp16kd_for(64, 8) == 0 and cost.lutram_lut4(64, 8) > 0
 
 
-def test_wide_layers_are_tiled_into_bands(graphs):
-    narrow = _plan(graphs, "vww", "85F", max_line_width=32)
-    wide = _plan(graphs, "vww", "85F")
-    assert narrow.engines.line_width == 32 and wide.engines.line_width == 96
-    for ln, lw in zip(narrow.layers, wide.layers):
-        w = ln.in_shapes[0][2]
-        if ln.engine in ("dwconv", "im2col+systolic"):
-            assert (ln.bands > 1) == (w > 32), ln.name
-            assert lw.bands == 1
-    assert narrow.layer("conv1").bands == 4        # 96 px, 3x3 stride 2: 15 outputs per band
-    assert narrow.layer("dw2").bands == 2          # 48 px, 3x3 stride 1: 30 outputs per band
+def test_nothing_is_tiled_and_the_line_buffer_is_the_widest_dw_row(graphs):
+    p = _plan(graphs, "vww", "85F")
+    assert p.engines.line_width == 48                      # dw2: 8 x 48 x 48 input
+    assert all(l.bands == 1 for l in p.layers)
+    assert _plan(graphs, "vww", "85F", max_line_width=48).engines == p.engines
+    with pytest.raises(MapperError, match="node 'dw2'.*48 pixels wide.*holds 32"):
+        plan(graphs["vww"], get_board("ulx3s", "85F"), max_line_width=32)
 
 
 # --- buffer plan ---------------------------------------------------------------------------------

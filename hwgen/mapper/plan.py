@@ -7,12 +7,13 @@ activation buffer plan and the weight placement. :func:`check_fit` raises
 
 The pipeline, top to bottom
 ---------------------------
-1. **Classify** every node (:func:`_classify`): Conv2d 1x1 (grouped or not, any stride, no
-   padding) and FullyConnected -> systolic array reading pixels directly; K x K Conv2d with
-   groups=1 (or a padded 1x1) -> systolic array through the im2col feeder; depthwise ->
-   depthwise engine; MaxPool / AvgPool / GlobalAvgPool -> pool unit; Add -> add unit;
-   Concat / ChannelShuffle / ChannelSlice -> address remaps (0 cycles) when possible, else a
-   copy through the pool/add datapath (V lanes).
+1. **Classify** every node (:func:`_classify`) onto the units :mod:`hwgen.hw.accelerator`
+   builds: Conv2d 1x1 (grouped or not, any stride), K x K Conv2d with groups=1,
+   FullyConnected and GlobalAvgPool (a global AvgPool) -> the systolic array, fed one patch
+   byte per cycle by the patch feeder (kinds sa, im2col, fc, gap); depthwise 3x3 -> the
+   one-lane depthwise unit; MaxPool -> the serial max-pool unit; AvgPool 3x3 -> the
+   average-pool unit; Add -> the add unit; Concat / ChannelShuffle / ChannelSlice -> address
+   remaps (0 cycles) when possible, else a copy (one byte per cycle; not built yet).
 2. **Alias** (:func:`_aliases`): a Concat input is written straight into its channel range
    of the Concat's buffer, a ChannelShuffle input is written through the shuffle permutation
    (hw/shuffle.py), a ChannelSlice is a read view. Conditions: the remapped tensor is
@@ -27,13 +28,14 @@ The pipeline, top to bottom
    layers (residual inputs, concat halves) land in further regions (the skip buffer).
    Layout of a tensor (``hwc``, pixel-major): ``addr = base + pixel * pitch + channel`` with
    ``pitch`` = the storage's channels (hw/actbuf.py).
-4. **Engine sizing** (:func:`_search`): exhaustive search over the array R x C, the
-   depthwise lanes P and the requantiser lanes Q (each in 1, 2, 3, 4, 6, 8, 12, ... 32),
-   the array's activation lanes L (= the im2col feeder's byte lanes) and the pool/add lanes
-   V (powers of two), minimising the estimated cycles (hwgen/mapper/cost.py) under
-   ``margin`` x the device's LUT4, MULT18X18D and DP16KD; among the configurations within
-   1 % of the fastest, the one using the smallest fraction of the budget (sum of the three
-   fractions). Weights must fit on chip if any configuration allows it; only otherwise is
+4. **Engine sizing** (:func:`_search`): exhaustive search over the array R x C (each in
+   1, 2, 3, 4, 6, 8, 12, ... 32), minimising the estimated cycles (hwgen/mapper/cost.py)
+   under ``margin`` x the device's LUT4, MULT18X18D and DP16KD; among the configurations
+   within 1 % of the fastest, the one using the smallest fraction of the budget (sum of the
+   three fractions). Everything else is fixed by what the accelerator builds: one
+   activation byte per cycle into the array (L = 1), a C-lane requantiser (Q = C), one
+   depthwise lane (P = 1 when the network has depthwise layers, else 0) and one lane in
+   the pool and add units (V = 1). Weights must fit on chip if any configuration allows it; only otherwise is
    the fastest configuration without on-chip weights taken and the weights placed after.
 5. **Weight placement**: every layer's int8 weights (in the engine's stream order, padded
    to the engine's lanes), int32 biases and requantisation parameters in block RAM when the
@@ -41,22 +43,27 @@ The pipeline, top to bottom
    fits, and the plan reports the bytes per inference and the bandwidth they need (the
    SDRAM streamer is a later issue: such a plan fails :func:`check_fit`).
 
-Block-RAM accounting (DP16KD = 18 Kbit: 2048 x 9, 1024 x 18, 512 x 36, ...; every memory
-through :func:`hwgen.mapper.cost.dp16kd_for`, the best aspect ratio, memories of at most 64
-words in LUT RAM):
+Block-RAM accounting (DP16KD = 18 Kbit), as :class:`hwgen.hw.accelerator.Accelerator`
+instantiates the memories (explicit stores through :func:`hwgen.mapper.cost.bram_blocks`,
+i.e. :func:`hwgen.hw.bram.dp16kd_geometry`; inferred ones through
+:func:`hwgen.mapper.cost.dp16kd_for`):
 
-* activation arena: ``arena_bytes`` in words of the widest engine access
-  (``max(L, P, Q, V)`` bytes);
-* weight store: on-chip section-A bytes (weights padded to the engines' lanes) in C-byte
-  words; channel store: 8 bytes per output channel (int32 bias + scale word) and the op
-  constants, in 64-bit words;
-* systolic activation store: R rows x ``2 * ceil(sa_max_k / L)`` words of L bytes (double
-  buffered); im2col line buffer: ``(K + 2) x W x C`` bytes; depthwise line buffer:
-  ``line_width`` words of ``(K - 1) x P`` bytes and its tap-weight memory; pool line buffer:
-  ``line_width`` words of ``(k - 1) x V`` bytes; per-lane requantiser parameter copies;
-  program store: 96 bytes per descriptor.
+* activation arena: ``arena_bytes`` bytes, byte-wide;
+* weight store: on-chip section-A bytes (weights padded to C lanes) in ``8*C``-bit words;
+  depthwise tap store: the depthwise weights again, byte-wide; channel store: section B
+  (8 bytes per output channel: int32 bias + scale word, and the op constants) in 64-bit
+  words;
+* the array's activation store: R rows x 2 banks of ``2**ceil(log2(sa_max_k))`` bytes;
+  one ``30``-bit x (most output channels) parameter memory per requantiser lane; the place
+  table (17 bits per output channel); the depthwise unit's two line buffers; the
+  average-pool unit's line buffer; the host link's staging buffer. The sequencer's
+  descriptor table is logic (LUT4 per descriptor).
 
 Limits are ``floor(budget * margin)`` for LUT4, MULT18X18D and DP16KD alike.
+
+Nothing is tiled: the patch feeder reads the arena directly (no im2col line buffer) and the
+depthwise unit's line buffers hold the widest depthwise input row (``line_width``; a layer
+wider than ``max_line_width`` is refused), so every layer runs in one band.
 """
 from __future__ import annotations
 
@@ -77,21 +84,22 @@ WEIGHTS_HEADER_BYTES = 32
 WEIGHTS_SECTION_A = 64
 #: Activation storages start on multiples of this many bytes.
 ACT_ALIGN = 16
-#: Search space. Array sides and lane counts need not be powers of two (hw/systolic.py
-#: allows 1..64 rows and columns, hw/dwconv.py 1..64 lanes): 3 x 2**k steps let the
-#: search use the DSPs a power-of-two step would leave idle and pad fewer lanes (group
-#: convs with 10, 20, 40 channels per group). Byte lanes into memories stay powers of two.
+#: Search space: the array sides (hw/systolic.py allows 1..64 rows and columns; 3 x 2**k
+#: steps let the search use the DSPs a power-of-two step would leave idle and pad fewer
+#: lanes for group convs with 10, 20, 40 channels per group). The rest is what the
+#: accelerator builds: L = 1 activation byte per cycle (the byte-wide arena), Q = C
+#: requantiser lanes (SystolicConv), P = 1 depthwise lane (hw/dwunit.py) and V = 1 lane in
+#: the pool and add units.
 _STEPS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 SA_ROWS = _STEPS
 SA_COLS = _STEPS
-SA_LANES = (1, 2, 4, 8)
-DW_LANES = _STEPS
-RQ_LANES = _STEPS
-VEC_LANES = (1, 2, 4, 8, 16)
+SA_LANES = (1,)
+DW_LANES = (1,)
+VEC_LANES = (1,)
 #: Configurations within this factor of the fastest count as equally fast (smaller wins).
 TIE = 1.01
-#: Default largest line-buffer width (pixels) of the depthwise, pool and im2col engines;
-#: wider layers run in column bands.
+#: Default widest line buffer (pixels) of the depthwise unit; wider depthwise layers are
+#: refused (MapperError).
 MAX_LINE_WIDTH = 256
 
 
@@ -125,19 +133,23 @@ class MapperFitError(ValueError):
 
 @dataclass(frozen=True)
 class Engines:
-    """Engine sizes and buffer depths chosen by the mapper.
+    """Unit sizes and buffer depths of the accelerator the plan builds
+    (:class:`hwgen.hw.accelerator.Accelerator`).
 
     Parameters
     ----------
     sa_rows, sa_cols: systolic array R x C (R output pixels x C output channels per beat).
-    sa_lanes: L, activation bytes per cycle into the array (also the im2col feeder's lanes).
-    sa_max_k: longest patch vector ``groups * K`` (activation store: 2 x R x sa_max_k bytes).
-    dw_lanes, dw_k: depthwise engine lanes P and kernel K (0 when the model has none).
-    rq_lanes: requantiser lanes Q (shared by the array, the depthwise engine and the
-        global average pool; one layer runs at a time).
-    vec_lanes: V, lanes of the pool unit, the add unit and the copy path.
-    line_width: line-buffer width in pixels of the depthwise / pool / im2col engines.
-    im2col_k, im2col_row_bytes: largest im2col kernel and row (W * C bytes) (0: no im2col).
+    sa_lanes: L, activation bytes per cycle into the array: 1 (the patch feeder reads the
+        byte-wide arena).
+    sa_max_k: longest patch vector ``groups * K`` of an array layer (activation store:
+        2 banks x R rows of ``2**ceil(log2(sa_max_k))`` bytes).
+    dw_lanes, dw_k: depthwise unit lanes P (1, or 0 when the model has no depthwise layer;
+        the weight image's depthwise blocks are channel-major with P = 1) and kernel (3).
+    rq_lanes: requantiser lanes Q: C (the array's SystolicConv requantises a whole beat).
+    vec_lanes: V, lanes of the pool and add units: 1.
+    line_width: the depthwise unit's line-buffer width in pixels (widest depthwise input).
+    im2col_k, im2col_row_bytes: largest K x K conv kernel and row (W * C bytes) on the
+        array (0: none); informational, the patch feeder has no line buffer.
     pool_k: largest pooling window (0: no windowed pool). has_*: which units exist.
     """
     sa_rows: int
@@ -174,14 +186,26 @@ class Engines:
 
     @property
     def act_word_bytes(self) -> int:
-        """Width of the activation arena's word: the widest engine access."""
-        return max(self.sa_lanes, self.dw_lanes, self.rq_lanes, self.vec_lanes)
+        """Width of the activation arena's word: one byte (every unit reads and writes the
+        arena one byte per cycle)."""
+        return 1
 
     def describe(self) -> str:
-        s = f"systolic {self.sa_rows}x{self.sa_cols} (L={self.sa_lanes})"
+        """The units the accelerator builds, e.g. ``systolic array 6x12 with a 12-lane
+        requantiser, depthwise unit (1 lane, 3x3), max pool unit``."""
+        s = (f"systolic array {self.sa_rows}x{self.sa_cols} with a {self.rq_lanes}-lane "
+             f"requantiser")
+        if self.sa_lanes != 1:
+            s += f" ({self.sa_lanes} activation bytes per cycle)"
         if self.dw_lanes:
-            s += f", depthwise {self.dw_lanes} lanes {self.dw_k}x{self.dw_k}"
-        s += f", requant {self.rq_lanes} lanes, pool/add {self.vec_lanes} lanes"
+            s += (f", depthwise unit ({self.dw_lanes} lane{'s' if self.dw_lanes > 1 else ''}, "
+                  f"{self.dw_k}x{self.dw_k})")
+        for flag, name in ((self.has_maxpool, "max pool"), (self.has_avgpool, "average pool"),
+                           (self.has_add, "residual add")):
+            if flag:
+                s += f", {name} unit"
+        if self.has_copy:
+            s += ", copies (no copy unit is built yet)"
         return s
 
 
@@ -402,11 +426,12 @@ def _classify(g: ir.Graph, n: ir.Node) -> _Info:
         kh, kw = n.kernel
         t, l, b, r = n.padding
         if n.is_depthwise:
-            if kh != kw or kh not in (3, 5, 7):
-                raise MapperError(n.name, f"depthwise kernel {kh}x{kw}: the depthwise engine "
-                                          f"runs square 3x3, 5x5 or 7x7 kernels")
-            if n.stride[0] != n.stride[1] or n.stride[0] not in (1, 2):
-                raise MapperError(n.name, f"depthwise stride {n.stride}: the engine runs stride 1 or 2")
+            if (kh, kw) != (3, 3):
+                raise MapperError(n.name, f"depthwise kernel {kh}x{kw}: the depthwise unit "
+                                          f"runs 3x3 kernels")
+            if n.stride[0] not in (1, 2) or n.stride[1] not in (1, 2):
+                raise MapperError(n.name, f"depthwise stride {n.stride}: the depthwise unit runs "
+                                          f"strides 1 and 2")
             if t + b > kh - 1 or l + r > kw - 1:
                 raise MapperError(n.name, f"depthwise padding {n.padding} (top, left, bottom, right) "
                                           f"exceeds k-1 = {kh - 1} per axis; use 'same' padding")
@@ -626,67 +651,32 @@ def _param_block_bytes(info: _Info, n: ir.Node, needs_table) -> tuple[int, int]:
     return 0, 0
 
 
-def _bands(width: int, k: int, stride: int, ow: int, line_width: int) -> list[tuple[int, int]]:
-    """Column bands ``(input width, output width)`` of a K x K window layer whose rows are
-    wider than the line buffer (one band when it fits)."""
-    if width <= line_width:
-        return [(width, ow)]
-    per = max(1, (line_width - k) // stride + 1)
-    out = []
-    done = 0
-    while done < ow:
-        o = min(per, ow - done)
-        out.append(((o - 1) * stride + k, o))
-        done += o
-    return out
-
-
 def _layer_cycles(info: _Info, e: Engines) -> tuple[int, int, int]:
-    """(cycles, ideal cycles, bands) of one layer on engines ``e``."""
+    """(cycles, ideal cycles, bands) of one layer on engines ``e`` (cost.py's formulas;
+    nothing is tiled into bands, see the module docstring)."""
     kind = info.kind
     if kind in ("sa", "im2col", "fc"):
-        feed = e.sa_lanes
-        if kind == "im2col":
-            bands = _bands(info.w, info.kern, info.stride, info.ow, e.line_width)
-        else:
-            bands = [(info.w, info.ow)]
-        cyc = 0
-        for _, bw in bands:
-            px = info.pixels if len(bands) == 1 else info.oh * bw
-            cyc += cost.sa_layer_cycles(px, info.k, info.cout // info.groups, info.groups,
-                                        e.sa_rows, e.sa_cols, feed, e.rq_lanes)
-        return cyc, -(-info.macs // e.sa_macs), len(bands)
+        cyc = cost.sa_layer_cycles(info.pixels, info.k, info.cout // info.groups, info.groups,
+                                   e.sa_rows, e.sa_cols)
+        return cyc, -(-info.macs // e.sa_macs), 1
+    if kind == "gap":      # on the array: one group per channel, weights 1, one pixel
+        cyc = cost.sa_layer_cycles(1, info.h * info.w, 1, info.c, e.sa_rows, e.sa_cols)
+        return cyc, info.c * info.h * info.w, 1
     if kind == "dw":
-        bands = _bands(info.w, info.k, info.stride, info.ow, e.line_width)
-        cyc = sum(cost.dw_layer_cycles(info.c, info.h, bw_in, info.k, info.stride, info.top,
-                                       info.left if j == 0 else 0, info.oh, bw_out, e.dw_lanes,
-                                       e.rq_lanes, e.sa_cols)
-                  for j, (bw_in, bw_out) in enumerate(bands))
-        return cyc, -(-info.macs // e.dw_macs), len(bands)
-    v = e.vec_lanes
-    groups = -(-info.c // v) if info.c else 0
-    if kind in ("maxpool", "avgpool"):
-        bands = _bands(info.w, info.k, info.stride, info.ow, e.line_width)
-        cyc = 0
-        for j, (bw_in, bw_out) in enumerate(bands):
-            left = info.left if j == 0 else 0
-            ye, xe = cost.pool_extent(info.h, bw_in, info.k, info.stride, info.top, left,
-                                      info.oh, bw_out)
-            walk = groups * ye * xe
-            if kind == "avgpool":
-                walk = max(walk, groups * info.oh * bw_out * cost.AVG_INTERVAL)
-            cyc += walk
-        return (cyc + cost.POOL_LATENCY + cost.LAYER_SETUP,
-                groups * info.h * info.w, len(bands))
-    if kind == "gap":
-        cyc = groups * max(info.h * info.w, v) + cost.REQUANT_LATENCY
-        return cyc + cost.POOL_LATENCY + cost.LAYER_SETUP, groups * info.h * info.w, 1
+        return (cost.dw_layer_cycles(info.c, info.h, info.w), -(-info.macs // e.dw_macs), 1)
+    if kind == "maxpool":
+        return (cost.maxpool_cycles(info.c, info.oh, info.ow, info.k, info.k),
+                info.c * info.h * info.w, 1)
+    if kind == "avgpool":
+        ye, xe = cost.pool_extent(info.h, info.w, info.k, info.stride, info.top, info.left,
+                                  info.oh, info.ow)
+        return (cost.avgpool_cycles(info.c, ye, xe, info.oh, info.ow),
+                info.c * info.h * info.w, 1)
     if kind == "add":
-        beats = groups * info.h * info.w
-        return 2 * beats + cost.ADD_LATENCY + cost.LAYER_SETUP, beats, 1
+        return cost.add_cycles(info.c, info.h, info.w), info.c * info.h * info.w, 1
     if kind == "copy":
-        beats = groups * info.h * info.w
-        return beats + cost.LAYER_SETUP, beats, 1
+        beats = info.c * info.h * info.w
+        return beats + cost.seq_cycles(info.c), beats, 1
     return 0, 0, 1                                                   # remap
 
 
@@ -727,90 +717,95 @@ def _model(g: ir.Graph, qg: ir.QGraph | None) -> _Model:
                   pstep, needs_table)
 
 
+def _out_channels(info: _Info) -> int:
+    return info.cout if info.kind in ("sa", "im2col", "fc") else info.c
+
+
 def _engines_limits(m: _Model, line_width: int) -> dict:
-    """Structural sizes that depend on the model only."""
+    """Structural sizes that depend on the model only. Raises :class:`MapperError` for a
+    depthwise layer wider than ``line_width`` (the depthwise unit's line buffer)."""
     kinds = {i.kind for i in m.infos}
-    sa = [i for i in m.infos if i.kind in ("sa", "im2col", "fc")]
+    arr = [i for i in m.infos if i.kind in ("sa", "im2col", "fc", "gap")]
     dws = [i for i in m.infos if i.kind == "dw"]
     pools = [i for i in m.infos if i.kind in ("maxpool", "avgpool")]
+    avgs = [i for i in m.infos if i.kind == "avgpool"]
     im2 = [i for i in m.infos if i.kind == "im2col"]
-    lw = min(line_width, max([i.w for i in dws + pools + im2], default=1))
+    for n, i in zip(m.nodes, m.infos):
+        if i.kind == "dw" and i.w > line_width:
+            raise MapperError(n.name, f"depthwise input {i.w} pixels wide: the depthwise unit's "
+                                      f"line buffer holds {line_width} (max_line_width)")
+    run = [i for i in m.infos if i.kind != "remap"]
     return dict(
-        sa_max_k=max([i.groups * i.k for i in sa], default=1),
+        sa_max_k=max([i.groups * i.k if i.kind != "gap" else i.c * i.h * i.w for i in arr],
+                     default=1),
         dw_k=max([i.k for i in dws], default=0),
-        line_width=lw,
+        line_width=max([i.w for i in dws], default=0),
+        avg_width=max([cost.pool_extent(i.h, i.w, i.k, i.stride, i.top, i.left, i.oh,
+                                        i.ow)[1] for i in avgs], default=0),
         im2col_k=max([i.kern for i in im2], default=0),
-        im2col_row_bytes=max([min(i.w, lw) * i.c for i in im2], default=0),
+        im2col_row_bytes=max([i.w * i.c for i in im2], default=0),
         pool_k=max([i.k for i in pools], default=0),
         dw_max_channels=max([i.c for i in dws], default=0),
-        max_channels=max([max(i.cout, i.c) for i in m.infos], default=1),
+        rq_channels=max([_out_channels(i) for i in arr], default=1),
+        max_channels=max([_out_channels(i) for i in run], default=1),
         has_add="add" in kinds, has_maxpool="maxpool" in kinds, has_avgpool="avgpool" in kinds,
         has_gap="gap" in kinds, has_copy="copy" in kinds, has_dw=bool(dws), has_im2col=bool(im2),
-        has_vec=bool(kinds & {"add", "maxpool", "avgpool", "gap", "copy"}),
         has_remap=bool(kinds & {"remap"}),
     )
 
 
-def _usage(m: _Model, e: Engines, s: dict, onchip: list[bool] | None) -> list[Usage]:
-    """Resource estimate of every part for engines ``e`` (weights of layers with
-    ``onchip[i]`` False are external)."""
-    R, C, L, P, Q, V = e.sa_rows, e.sa_cols, e.sa_lanes, e.dw_lanes, e.rq_lanes, e.vec_lanes
-    u = []
-    words = 2 * -(-e.sa_max_k // L)
-    u.append(Usage("systolic", cost.LUT_SA_BASE + cost.LUT_PER_MAC * R * C
-                   + R * cost.lutram_lut4(words, 8 * L), R * C, R * cost.dp16kd_for(words, 8 * L)))
-    if e.im2col_k:
-        rows = e.im2col_k + 2
-        d = -(-rows * e.im2col_row_bytes // L)
-        u.append(Usage("im2col", cost.LUT_IM2COL * L + cost.lutram_lut4(d, 8 * L), 0,
-                       cost.dp16kd_for(d, 8 * L)))
-    if P:
-        k = e.dw_k
-        taps = e.dw_max_groups * k * k
-        lb = (cost.dp16kd_for(e.line_width, (k - 1) * P * 8)
-              + cost.dp16kd_for(taps, 8 * P))
-        u.append(Usage("dwconv", cost.LUT_DW_BASE + cost.LUT_PER_DW_LANE * P
-                       + cost.lutram_lut4(e.line_width, (k - 1) * P * 8)
-                       + cost.lutram_lut4(taps, 8 * P), P * k * k, lb))
-    per_lane = s["max_channels"]      # hw/requant.py: each lane has its own full copy
-    u.append(Usage("requant", cost.LUT_PER_REQUANT_LANE * Q + Q * cost.lutram_lut4(per_lane, 36),
-                   cost.REQUANT_DSP_PER_LANE * Q, Q * cost.dp16kd_for(per_lane, 36)))
-    if s["has_vec"]:
-        lut = cost.LUT_POOL_BASE + cost.LUT_PER_POOL_LANE * V
-        dsp = 0
-        bram = 0
-        if e.pool_k:
-            lut += cost.lutram_lut4(e.line_width, (e.pool_k - 1) * V * 8)
-            bram += cost.dp16kd_for(e.line_width, (e.pool_k - 1) * V * 8)
-        if e.has_avgpool:
-            lut += cost.LUT_AVGPOOL_BASE + cost.LUT_PER_AVGPOOL_LANE * V
-            dsp += cost.AVGPOOL_DSP_PER_LANE * V
-        if e.has_gap:
-            lut += cost.LUT_GAP
-            dsp += cost.GAP_DSP
-        if e.has_add:
-            lut += cost.LUT_PER_ADD_LANE * V
-            dsp += cost.ADD_DSP_PER_LANE * V
-        if any(any(t) for t in m.needs_table.values()):
-            bram += V * cost.dp16kd_for(256, 8)      # a 256-entry rescale table per lane
-        u.append(Usage("pool/add", lut, dsp, bram))
-    ndesc = len(m.nodes)
-    u.append(Usage("sequencer", cost.LUT_SEQUENCER + (cost.LUT_REMAP if s["has_remap"] else 0),
-                   cost.DSP_RESERVED,
-                   cost.dp16kd_for(-(-ndesc * cost.DESCRIPTOR_BYTES_ESTIMATE // 4), 32)))
-    u.append(Usage("host link", cost.LUT_HOST, 0, 0))
-    W = e.act_word_bytes
-    u.append(Usage("activations", 0, 0, cost.dp16kd_for(-(-m.arena // W), 8 * W)))
-    wbytes = 0
-    chans = 0
+def _store_words(m: _Model, e: Engines, onchip: list[bool] | None) -> tuple[int, int, int]:
+    """(weight-store words of ``8*C`` bits, depthwise tap bytes, channel-store words of 64
+    bits) of the on-chip layers, as hwgen.hw.layer_io.weight_stores lays them out."""
+    C = e.sa_cols
+    wbytes = taps = chans = 0
     for i, info in enumerate(m.infos):
         if onchip is not None and not onchip[i]:
             continue
-        wbytes += _weight_block_bytes(info, C, max(P, 1))
+        nb = _weight_block_bytes(info, C, max(e.dw_lanes, 1))
+        wbytes += -(-nb // C) * C
+        if info.kind == "dw":
+            taps += info.c * info.k * info.k
         b, q = _param_block_bytes(info, m.nodes[i], m.needs_table[m.nodes[i].name])
-        chans += -(-(b + q) // cost.CHANNEL_PARAM_BYTES)     # 64-bit words
-    u.append(Usage("weights", 0, 0, cost.dp16kd_for(-(-wbytes // C), 8 * C)))
-    u.append(Usage("channel params", 0, 0, cost.dp16kd_for(chans, 8 * cost.CHANNEL_PARAM_BYTES)))
+        chans += (-(-b // 16) * 16 + -(-q // 16) * 16) // cost.CHANNEL_PARAM_BYTES
+    return wbytes // C, taps, chans
+
+
+def _usage(m: _Model, e: Engines, s: dict, onchip: list[bool] | None) -> list[Usage]:
+    """Resource estimate of every unit for engines ``e`` (weights of layers with
+    ``onchip[i]`` False are external); see cost.py for the constants and their calibration."""
+    R, C, P = e.sa_rows, e.sa_cols, e.dw_lanes
+    u = [Usage("systolic", cost.LUT_SA_BASE + cost.LUT_PER_MAC * R * C, R * C,
+               cost.sa_store_blocks(R, e.sa_max_k))]
+    rq = s["rq_channels"]     # hw/requant.py: each lane has its own parameter memory
+    u.append(Usage("requant", cost.LUT_PER_REQUANT_LANE * e.rq_lanes
+                   + e.rq_lanes * cost.lutram_lut4(rq, cost.REQUANT_PARAM_BITS),
+                   cost.REQUANT_DSP_PER_LANE * e.rq_lanes,
+                   e.rq_lanes * cost.dp16kd_for(rq, cost.REQUANT_PARAM_BITS)))
+    u.append(Usage("feeders", cost.LUT_FEEDERS + cost.LUT_FEEDER_PER_COL * C, cost.DSP_ADDRESS,
+                   cost.bram_blocks(cost.PLACE_BITS, s["max_channels"])))       # place table
+    if P:
+        nb = cost.DW_LINE_BUFFERS
+        u.append(Usage("dwconv", cost.LUT_DW * P + nb * cost.lutram_lut4(e.line_width, 9),
+                       cost.DW_DSP * P, nb * cost.dp16kd_for(e.line_width, 9)))
+    if e.has_maxpool:
+        u.append(Usage("maxpool", cost.LUT_MAXPOOL, 0, 0))
+    if e.has_avgpool:
+        u.append(Usage("avgpool", cost.LUT_AVGPOOL + cost.lutram_lut4(s["avg_width"], 16),
+                       cost.AVGPOOL_DSP, cost.dp16kd_for(s["avg_width"], 16)))
+    if e.has_add:
+        u.append(Usage("add", cost.LUT_ADD, cost.ADD_DSP, 0))
+    if e.has_copy:
+        u.append(Usage("copy", cost.LUT_COPY, 0, 0))
+    ndesc = len(m.nodes)
+    u.append(Usage("sequencer", cost.LUT_SEQUENCER + cost.LUT_PER_DESCRIPTOR * ndesc
+                   + (cost.LUT_REMAP if s["has_remap"] else 0), 0, 0))
+    u.append(Usage("host link", cost.LUT_HOST, 0, cost.dp16kd_for(cost.HOST_BUFFER_BYTES, 8)))
+    u.append(Usage("activations", 0, 0, cost.bram_blocks(8, m.arena)))
+    words, taps, chans = _store_words(m, e, onchip)
+    u.append(Usage("weights", 0, 0, cost.bram_blocks(8 * C, words)
+                   + cost.bram_blocks(8, taps)))                  # weight store + tap store
+    u.append(Usage("channel params", 0, 0, cost.bram_blocks(64, chans)))
     return u
 
 
@@ -820,7 +815,11 @@ def _limits(board, margin: float) -> dict:
             "dp16kd": int(b.dp16kd * margin)}
 
 
-def _make_engines(s: dict, R, C, L, P, Q, V) -> Engines:
+def _make_engines(s: dict, R, C, L=1, P=None, Q=None, V=1) -> Engines:
+    """Engines of an R x C array; the rest as built (L = 1, P = 1 iff the model has depthwise
+    layers, Q = C, V = 1) unless given."""
+    P = (1 if s["has_dw"] else 0) if P is None else P
+    Q = C if Q is None else Q
     return Engines(sa_rows=R, sa_cols=C, sa_lanes=L, sa_max_k=s["sa_max_k"], dw_lanes=P,
                    dw_k=s["dw_k"] if P else 0, rq_lanes=Q, vec_lanes=V, line_width=s["line_width"],
                    im2col_k=s["im2col_k"], im2col_row_bytes=s["im2col_row_bytes"],
@@ -830,55 +829,37 @@ def _make_engines(s: dict, R, C, L, P, Q, V) -> Engines:
 
 
 def _candidates(s: dict):
-    Ps = DW_LANES if s["has_dw"] else (0,)
-    Vs = VEC_LANES if s["has_vec"] else (1,)
+    """(R, C, L, P, Q, V) of every configuration the accelerator can build: the array sides
+    vary; L = 1, P = 1 iff depthwise layers exist, Q = C, V = 1."""
+    P = 1 if s["has_dw"] else 0
     for R in SA_ROWS:
         for C in SA_COLS:
-            for P in Ps:
-                for Q in RQ_LANES:
-                    if Q > max(C, P):
-                        continue
-                    for L in SA_LANES:
-                        for V in Vs:
-                            yield R, C, L, P, Q, V
+            yield R, C, SA_LANES[0], P, C, VEC_LANES[0]
 
 
 def _dsp(s: dict, R, C, L, P, Q, V) -> int:
-    d = R * C + (P * s["dw_k"] ** 2 if P else 0) + cost.REQUANT_DSP_PER_LANE * Q + cost.DSP_RESERVED
+    """MULT18X18D of a configuration (the same count :func:`_usage` gives)."""
+    d = R * C + cost.REQUANT_DSP_PER_LANE * Q + cost.DSP_ADDRESS + cost.DW_DSP * P
     if s["has_add"]:
-        d += cost.ADD_DSP_PER_LANE * V
+        d += cost.ADD_DSP * V
     if s["has_avgpool"]:
-        d += cost.AVGPOOL_DSP_PER_LANE * V
-    if s["has_gap"]:
-        d += cost.GAP_DSP
+        d += cost.AVGPOOL_DSP * V
     return d
 
 
 def _search(m: _Model, s: dict, lim: dict, onchip_weights: bool):
     """Fastest engine configuration that fits ``lim`` (module docstring, step 4); None if
     nothing fits. With ``onchip_weights`` False the weights' block RAM is not counted."""
-    sa_memo: dict = {}
-    dw_memo: dict = {}
-    vec_memo: dict = {}
-    sa_inf = [i for i in m.infos if i.kind in ("sa", "im2col", "fc")]
-    dw_inf = [i for i in m.infos if i.kind == "dw"]
-    vec_inf = [i for i in m.infos if i.kind in ("maxpool", "avgpool", "gap", "add", "copy")]
+    sa_inf = [i for i in m.infos if i.kind in ("sa", "im2col", "fc", "gap")]
+    other = sum(_layer_cycles(i, _make_engines(s, 1, 1))[0] for i in m.infos
+                if i.kind not in ("sa", "im2col", "fc", "gap"))   # independent of R x C
     onchip = None if onchip_weights else [False] * len(m.infos)
     cands = []
     for R, C, L, P, Q, V in _candidates(s):
         if _dsp(s, R, C, L, P, Q, V) > lim["mult18"]:
             continue
-        # Q enters the cycles only through the requantiser's cycles per C-wide (P-wide) beat
-        ksa, kdw, kvec = (R, C, L, -(-C // Q)), (P, -(-P // Q) if P else 0, C), (V, Q)
-        if ksa not in sa_memo or kdw not in dw_memo or kvec not in vec_memo:
-            e = _make_engines(s, R, C, L, P, Q, V)
-            if ksa not in sa_memo:
-                sa_memo[ksa] = sum(_layer_cycles(i, e)[0] for i in sa_inf)
-            if kdw not in dw_memo:
-                dw_memo[kdw] = sum(_layer_cycles(i, e)[0] for i in dw_inf)
-            if kvec not in vec_memo:
-                vec_memo[kvec] = sum(_layer_cycles(i, e)[0] for i in vec_inf)
-        cands.append((sa_memo[ksa] + dw_memo[kdw] + vec_memo[kvec], (R, C, L, P, Q, V)))
+        e = _make_engines(s, R, C, L, P, Q, V)
+        cands.append((sum(_layer_cycles(i, e)[0] for i in sa_inf) + other, (R, C, L, P, Q, V)))
     # fastest first: the first configuration that fits sets the bar, then only the ones
     # within TIE of it compete on the fraction of the budget they use
     cands.sort(key=lambda c: c[0])
@@ -953,7 +934,7 @@ def _layers(m: _Model, e: Engines, onchip: list[bool], wa, pa) -> tuple[LayerPla
     for i, (n, info) in enumerate(zip(m.nodes, m.infos)):
         cyc, ideal, bands = _layer_cycles(info, e)
         engine = {"sa": "systolic", "fc": "systolic", "im2col": "im2col+systolic",
-                  "dw": "dwconv", "maxpool": "pool", "avgpool": "pool", "gap": "pool",
+                  "dw": "dwconv", "maxpool": "pool", "avgpool": "pool", "gap": "systolic",
                   "add": "add", "copy": "copy", "remap": "remap"}[info.kind]
         place = None
         if info.kind != "remap":
@@ -1040,8 +1021,8 @@ def plan(qg: ir.QGraph | ir.Graph, board, margin: float = 0.85, strict: bool = F
     strict: raise :class:`MapperFitError` (:func:`check_fit`) when the plan does not fit.
     source: ``(zoo model name, options)`` the graph was built from, so that a fit error can
         suggest concrete smaller options.
-    max_line_width: widest line buffer (pixels) of the window engines; wider layers are
-        tiled into column bands.
+    max_line_width: widest line buffer (pixels) the depthwise unit may have; a wider
+        depthwise layer raises :class:`MapperError` (nothing is tiled into bands).
 
     Raises
     ------
@@ -1064,7 +1045,7 @@ def plan(qg: ir.QGraph | ir.Graph, board, margin: float = 0.85, strict: bool = F
     if e is None:
         e = _search(m, s, lim, False)
     if e is None:   # nothing fits even with external weights: the smallest engines
-        e = _make_engines(s, 1, 1, 1, 1 if s["has_dw"] else 0, 1, 1)
+        e = _make_engines(s, 1, 1)
         onchip = [False] * len(m.infos)
     else:
         onchip = _place_weights(m, e, s, lim)
@@ -1089,7 +1070,7 @@ def plan(qg: ir.QGraph | ir.Graph, board, margin: float = 0.85, strict: bool = F
 
 def _min_fits(m: _Model, s: dict, lim: dict, onchip_weights: bool) -> bool:
     """Whether the smallest engines fit (a lower bound on every configuration's needs)."""
-    e = _make_engines(s, 1, 1, 1, 1 if s["has_dw"] else 0, 1, 1)
+    e = _make_engines(s, 1, 1)
     u = _usage(m, e, s, None if onchip_weights else [False] * len(m.infos))
     return all(sum(getattr(x, r) for x in u) <= lim[r] for r in lim)
 
