@@ -241,7 +241,8 @@ def _build_once(design, b: Board, clock: float, outdir: Path, say, synth_only: b
                                        f"tee -q -o top.stat stat"} if classic_abc else {
                  "script_after_synth": "tee -q -o top.stat stat"}
         p = platform.build(design, name="top", build_dir=str(outdir), do_build=False,
-                           nextpnr_opts=f"--report top.report.json --timing-allow-fail --seed {seed}",
+                           nextpnr_opts=f"--report top.report.json --timing-allow-fail --seed {seed} "
+                                        f"--router router2",
                            **extra)
         _write_plan(p, outdir)
         return p

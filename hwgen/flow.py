@@ -237,8 +237,7 @@ def build(model: str, board: str = "ulx3s", device: str | None = None, clock_mhz
     write_build_files(p, outdir)
     rec = _model_record(model, opts)
     (outdir / "model.json").write_text(_json.dumps(rec, indent=2) + "\n")
-    acc = Accelerator(p)
-    say("map", f"{acc.describe()}; {p.cycles:,} cycles estimated by the mapper")
+    say("map", f"{p.engines.describe()}; {p.cycles:,} cycles estimated by the mapper")
     res = build_bitstream(lambda mhz: ULX3STop(Accelerator(p), mhz), b, clock_mhz, outdir,
                           progress=say, synth_only=synth_only, retries=0 if synth_only else retries)
     report = make_report(p, res.to_dict(), None, rec)

@@ -27,15 +27,22 @@ def make_report(plan, build: dict | None, sim: dict | None, model: dict) -> dict
         layers.append({"name": l.name, "op": l.op, "engine": l.engine, "macs": l.macs,
                        "ideal_cycles": l.ideal_cycles, "estimated_cycles": l.cycles,
                        "simulated_cycles": sim_layers.get(l.name)})
-    res = (build or {}).get("resources") or {
-        r: {"used": v["used"], "available": v["available"], "estimate": True}
-        for r, v in s["resources"].items()}
+    built = dict((build or {}).get("resources") or {})
+    cells = built.pop("cells", None)
+    if built:         # measured (synthesis or place and route), with the mapper's estimate
+        res = {r: {"used": v["used"], "available": v["available"],
+                   "planned": s["resources"].get(r, {}).get("used")}
+               for r, v in built.items()}
+    else:
+        res = {r: {"used": v["used"], "available": v["available"], "estimate": True}
+               for r, v in s["resources"].items()}
     return {
         "model": model, "board": s["board"], "device": s["device"],
         "bitstream": (build or {}).get("bitstream"),
         "clock_mhz": clock, "pll_mhz": (build or {}).get("pll_mhz"), "fmax_mhz": fmax,
         "timing_met": (build or {}).get("timing_met"),
         "resources": res,
+        "cells": cells,
         "engines": s["engines"],
         "cycles_per_inference": cycles,
         "cycles_source": "simulation" if sim else "mapper estimate",
@@ -61,10 +68,14 @@ def _md(r: dict) -> str:
             f"inferences per second {f(r['inferences_per_second'])}",
             f"- build time {f(r['build_seconds'])} s "
             + (", ".join(f"{k} {v:.1f} s" for k, v in (r['stage_seconds'] or {}).items())), "",
-            "| resource | used | available | % |", "|---|---:|---:|---:|"]
+            "| resource | used | available | % | mapper's estimate |", "|---|---:|---:|---:|---:|"]
     for k, v in r["resources"].items():
         pct = 100 * v["used"] / v["available"] if v.get("available") else 0
-        out.append(f"| {k} | {v['used']} | {v['available']} | {pct:.0f} |")
+        est = v.get("planned")
+        est = "" if est is None else est
+        if v.get("estimate"):
+            est = "(the used column is the estimate)"
+        out.append(f"| {k} | {v['used']} | {v['available']} | {pct:.0f} | {est} |")
     out += ["", "| layer | op | engine | MACs | ideal cycles | cycles (est.) | cycles (sim) |",
             "|---|---|---|---:|---:|---:|---:|"]
     for l in r["layers"]:

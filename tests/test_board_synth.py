@@ -136,3 +136,25 @@ def test_abc9_crash_falls_back_to_classic_abc(tmp_path, monkeypatch):
     assert calls == [False, True]
     assert any("classic ABC" in msg for _, msg in events)
     assert res.resources["lut4"]["used"] == 42 and res.resources["dp16kd"]["used"] == 3
+
+
+def test_build_real_accelerator_synth_12f(tmp_path):
+    """`hwgen build` of a small real network for the 12F through synthesis: the generated
+    accelerator (DP16KD stores with their INITVALs, DSPs) goes through yosys, and the
+    mapper's resource estimate agrees with what yosys counts."""
+    from hwgen import flow
+    events = []
+    r = flow.build("mobilenet", board="ulx3s", device="12F", out=tmp_path, synth_only=True,
+                   progress=lambda stage, msg: events.append((stage, msg)),
+                   alpha=0.05, resolution=32, classes=3)
+    res = r["resources"]
+    for k in ("lut4", "mult18", "dp16kd"):
+        assert 0 < res[k]["used"] <= res[k]["available"], (k, res[k])
+    assert abs(res["mult18"]["used"] - res["mult18"]["planned"]) <= 3, res["mult18"]
+    assert abs(res["dp16kd"]["used"] - res["dp16kd"]["planned"]) <= 3, res["dp16kd"]
+    assert r["cells"]["DP16KD"] == res["dp16kd"]["used"]
+    assert r["bitstream"] is None and r["fmax_mhz"] is None
+    assert [s for s, _ in events][:2] == ["map", "map"] and "depthwise unit" in events[1][1]
+    for name in ("report.json", "report.md", "report.html", "program.bin", "weights.bin",
+                 "top.rpt"):
+        assert (tmp_path / name).stat().st_size > 0, name
