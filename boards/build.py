@@ -205,13 +205,21 @@ def build_bitstream(top, board: Board | str, clock_mhz: float, outdir, *,
                          "clock_mhz -> design, to rebuild it at a lower clock")
     attempts: list = []
     clock = clock_mhz
+    design = top(clock) if callable(top) and not hasattr(top, "elaborate") else top
     while True:
-        design = top(clock) if callable(top) and not hasattr(top, "elaborate") else top
         res = _build_once(design, b, clock, outdir, say, synth_only, seed, env, timeout)
         res.attempts = attempts
         if synth_only or res.timing_met or len(attempts) >= retries:
             break
         lower = next_clock(clock, res.fmax_mhz, floor_mhz)
+        # the design may refuse a clock (the UART needs a clock close to a multiple of its
+        # baud rate): step down by 0.5 MHz to the next clock it accepts
+        while lower is not None:
+            try:
+                design = top(lower)
+                break
+            except ValueError:
+                lower = lower - 0.5 if lower - 0.5 >= floor_mhz else None
         if lower is None:
             break
         say("retry", f"timing not met at {clock:g} MHz (Fmax {res.fmax_mhz:.1f} MHz): "

@@ -158,3 +158,25 @@ def test_build_real_accelerator_synth_12f(tmp_path):
     for name in ("report.json", "report.md", "report.html", "program.bin", "weights.bin",
                  "top.rpt"):
         assert (tmp_path / name).stat().st_size > 0, name
+
+
+def test_retry_skips_clocks_the_design_refuses(tmp_path, monkeypatch):
+    """A retry clock the design refuses (ValueError: e.g. no UART divisor close enough to
+    3 Mbaud) is stepped down by 0.5 MHz until the design accepts one."""
+    from boards import build as bb
+    built = []
+
+    def make(mhz):
+        if mhz in (34.0, 33.5):
+            raise ValueError(f"UART at 3000000 baud from a {mhz} MHz clock: ...")
+        return f"design@{mhz}"
+
+    def fake_once(design, b, clock, outdir, say, synth_only, seed, env, timeout):
+        built.append((design, clock))
+        return bb.BuildResult(outdir=outdir, board=b.name, clock_mhz=clock, pll_mhz=clock,
+                              synth_only=False, fmax_mhz=35.1 if clock == 100.0 else 40.0,
+                              timing_met=clock < 40, stage_seconds={"pnr": 1.0})
+    monkeypatch.setattr(bb, "_build_once", fake_once)
+    res = build_bitstream(make, "ulx3s-85f", 100.0, tmp_path, retries=1)
+    assert built == [("design@100.0", 100.0), ("design@33.0", 33.0)]
+    assert res.timing_met and res.clock_mhz == 33.0
