@@ -132,7 +132,7 @@ class Accelerator(wiring.Component):
 
         m.submodules.sconv = sconv = SystolicConv(self.sa, channels=self.max_out_c)
         descs = [l.fields for l in self.layers]
-        m.submodules.seq = seq = Sequencer(descs, R, len(sconv.param.addr))
+        m.submodules.seq = seq = Sequencer(descs, R, len(sconv.param.addr), C)
         m.submodules.patch = patch = PatchFeeder()
         m.submodules.wfeed = wfeed = WeightFeeder(C)
         m.submodules.bfeed = bfeed = BiasFeeder(C)
@@ -177,15 +177,31 @@ class Accelerator(wiring.Component):
         wiring.connect(m, patch.o_stream, sconv.a_stream)
         wiring.connect(m, wfeed.o_stream, sconv.w_stream)
         wiring.connect(m, bfeed.o_stream, sconv.b_stream)
-        # a small FIFO between the requantiser and the writer: the writer's ready (a function of
-        # the beat's channel) must not reach the requantiser's pipeline enable combinationally
+        # between the requantiser and the writer: a register stage that looks up the beat's
+        # lane count (nvtab, filled per layer by the sequencer) and a small FIFO, so neither
+        # the writer's ready nor any channel arithmetic reaches the requantiser's pipeline
+        # enable combinationally
         olay = sconv.o_stream.payload.shape()
-        m.submodules.ofifo = ofifo = SyncFIFOBuffered(width=olay.size, depth=4)
-        m.d.comb += [ofifo.w_en.eq(sconv.o_stream.valid), ofifo.w_data.eq(sconv.o_stream.payload),
-                     sconv.o_stream.ready.eq(ofifo.w_rdy),
+        nv_depth = max(f["out_c"] for f in descs if not f["skip"])
+        m.submodules.nvtab = nvtab = BlockRam(8, nv_depth, use_primitive=False, name="nvtab")
+        m.submodules.ofifo = ofifo = SyncFIFOBuffered(width=olay.size + 8, depth=4)
+        so = sconv.o_stream
+        s_v = Signal()
+        s_beat = Signal(olay.size)
+        take = so.valid & (~s_v | ofifo.w_rdy)
+        m.d.comb += [so.ready.eq(~s_v | ofifo.w_rdy),
+                     nvtab.w_en.eq(seq.pt_en), nvtab.w_addr.eq(seq.pt_addr),
+                     nvtab.w_data.eq(seq.nv_data),
+                     nvtab.r_addr.eq(so.payload.ch), nvtab.r_en.eq(take),
+                     ofifo.w_en.eq(s_v), ofifo.w_data.eq(Cat(s_beat, nvtab.r_data)),
                      writer.i_stream.valid.eq(ofifo.r_rdy),
-                     writer.i_stream.payload.eq(ofifo.r_data),
+                     writer.i_stream.payload.eq(ofifo.r_data[:olay.size]),
+                     writer.nv_m1.eq(ofifo.r_data[olay.size:]),
                      ofifo.r_en.eq(writer.i_stream.ready)]
+        with m.If(take):
+            m.d.sync += [s_v.eq(1), s_beat.eq(so.payload)]
+        with m.Elif(s_v & ofifo.w_rdy):
+            m.d.sync += s_v.eq(0)
         cfg = sconv.cfg
         m.d.comb += [cfg.pixels.eq(d.pixels), cfg.k.eq(d.k), cfg.groups.eq(d.groups),
                      cfg.otiles.eq(d.otiles), cfg.beats.eq(d.gk),

@@ -505,14 +505,17 @@ class OutputWriter(wiring.Component):
     """Stores the requantised output beats into the arena, one byte per cycle.
 
     Lane ``c`` of a beat ``{y, ch, pix}`` is output channel ``ch + c`` of pixel ``pix``;
-    lanes past the group's channels are dropped. Channel ``j = ch + c`` goes to
-    ``out_addr + pix * out_pitch + out_post + s(out_pre + j)`` (:class:`Placer`) with ``s`` the channel
-    shuffle (firmware/README.md). ``count`` counts the beats consumed since ``start``.
+    only the first ``nv`` lanes are written (``nv_m1 = nv - 1`` comes with the beat: the
+    lanes up to the end of the channel group, looked up per channel by the accelerator, so
+    no comparison of channel numbers sits between the beat and ``ready``). Channel
+    ``j = ch + c`` goes to ``out_addr + pix * out_pitch + out_post + s(out_pre + j)``
+    (:class:`Placer`) with ``s`` the channel shuffle (firmware/README.md). ``count``
+    counts the beats consumed since ``start``.
 
     Members
     -------
     desc: In(DESC). start: In(1). count: Out(32).
-    i_stream: In(stream of {y: cols x int8, ch, pix}).
+    i_stream: In(stream of {y: cols x int8, ch, pix}). nv_m1: In, lanes of the beat - 1.
     wr_en, wr_pix, wr_ch, wr_data: the write request (:class:`Placer`).
     """
 
@@ -520,37 +523,25 @@ class OutputWriter(wiring.Component):
         self.cols = cols
         super().__init__({
             "desc": In(DESC), "start": In(1), "count": Out(32),
-            "i_stream": In(stream.Signature(in_layout)),
+            "i_stream": In(stream.Signature(in_layout)), "nv_m1": In(range(cols)),
             "wr_en": Out(1), "wr_pix": Out(24), "wr_ch": Out(16), "wr_data": Out(signed(8)),
         })
 
     def elaborate(self, platform):
         m = Module()
-        d = self.desc
         C = self.cols
         s = self.i_stream
-        ch = s.payload.ch
-        gend = Signal(16)
         c = Signal(range(C))
-        ge = Signal(17)
-        with m.If(ch == 0):
-            m.d.comb += ge.eq(d.cout_g)
-        with m.Elif(ch >= gend):
-            m.d.comb += ge.eq(gend + d.cout_g)
-        with m.Else():
-            m.d.comb += ge.eq(gend)
-        left = ge - ch
-        nv = Mux(left > C, C, left)
-        m.d.comb += [self.wr_pix.eq(s.payload.pix), self.wr_ch.eq(ch + c),
+        m.d.comb += [self.wr_pix.eq(s.payload.pix), self.wr_ch.eq(s.payload.ch + c),
                      self.wr_data.eq(s.payload.y[c]), self.wr_en.eq(s.valid)]
-        last = c == nv - 1
+        last = c == self.nv_m1
         m.d.comb += s.ready.eq(last)
         with m.If(self.start):
-            m.d.sync += [self.count.eq(0), c.eq(0), gend.eq(0)]
+            m.d.sync += [self.count.eq(0), c.eq(0)]
         with m.Elif(s.valid):
             m.d.sync += c.eq(c + 1)
             with m.If(last):
-                m.d.sync += [c.eq(0), gend.eq(ge), self.count.eq(self.count + 1)]
+                m.d.sync += [c.eq(0), self.count.eq(self.count + 1)]
         return m
 
 

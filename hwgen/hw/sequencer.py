@@ -47,20 +47,24 @@ class Sequencer(wiring.Component):
     desc: Out(DESC), the current layer. run_start: Out(1) pulse. layer_done: In(1).
     pt_en, pt_addr, pt_data: place-table write port (:class:`hwgen.hw.layer_io.Placer`):
     entry ``o`` = ``out_post + s(out_pre + o)`` for the layer's output channels.
+    nv_data: written with ``pt_addr``: ``min(cols, cout_g - o % cout_g) - 1``, the lanes an
+    array output beat starting at channel ``o`` carries, minus one
+    (:class:`hwgen.hw.layer_io.OutputWriter`).
     ch_sel: Out(1), the sequencer owns the channel-store read port (``ch_addr``/``ch_data``).
     p_en, p_addr, p_data: requantiser parameter write port.
     dbg_addr: In, dbg_data: Out(32): registered read of the per-layer cycle counts.
     """
 
-    def __init__(self, descs: list[dict], rows: int, rq_ch_bits: int):
+    def __init__(self, descs: list[dict], rows: int, rq_ch_bits: int, cols: int = 1):
         self.descs = descs
         self.rows = rows
+        self.cols = cols
         self.n = len(descs)
         self.ab = max(1, ceil_log2(self.n))
         super().__init__({
             "go": In(1), "finished": Out(1), "desc": Out(DESC), "run_start": Out(1),
             "layer_done": In(1), "ch_sel": Out(1),
-            "pt_en": Out(1), "pt_addr": Out(16), "pt_data": Out(17),
+            "pt_en": Out(1), "pt_addr": Out(16), "pt_data": Out(17), "nv_data": Out(8),
             "ch_addr": Out(24), "ch_data": In(64),
             "p_en": Out(1), "p_addr": Out(rq_ch_bits), "p_data": Out(PARAM_LAYOUT),
             "dbg_addr": In(self.ab), "dbg_data": Out(32), "index": Out(self.ab),
@@ -95,6 +99,11 @@ class Sequencer(wiring.Component):
         m.d.sync += self.pt_en.eq(0)
         pdat = Signal(17)
         m.d.comb += self.pt_data.eq(pdat)
+        og = Signal(16)                  # o % cout_g
+        nvd = Signal(8)
+        m.d.comb += self.nv_data.eq(nvd)
+        left = Signal(17)
+        m.d.comb += left.eq(d.cout_g - og)
 
         with m.FSM():
             with m.State("IDLE"):
@@ -105,7 +114,7 @@ class Sequencer(wiring.Component):
                 m.d.sync += lcyc.eq(1)
                 m.next = "LATCH"
             with m.State("LATCH"):
-                m.d.sync += [d.eq(rp.data), o.eq(0), q.eq(rp.data.sh_q0),
+                m.d.sync += [d.eq(rp.data), o.eq(0), og.eq(0), q.eq(rp.data.sh_q0),
                              r.eq(rp.data.sh_r0), rg.eq(rp.data.sh_rg0)]
                 with m.If(rp.data.skip):
                     m.next = "NEXT"
@@ -119,7 +128,10 @@ class Sequencer(wiring.Component):
                     m.d.sync += [pv.eq(d.kind == 0), po.eq(o), o.eq(o + 1),
                                  self.pt_en.eq(1), self.pt_addr.eq(o),
                                  pdat.eq(d.out_post + Mux(d.sh_g != 0, rg + q, d.out_pre + o)),
-                                 r.eq(r + 1), rg.eq(rg + d.sh_g)]
+                                 r.eq(r + 1), rg.eq(rg + d.sh_g), og.eq(og + 1),
+                                 nvd.eq(Mux(left > self.cols, self.cols, left) - 1)]
+                    with m.If(og == d.cout_g - 1):
+                        m.d.sync += og.eq(0)
                     with m.If(r == d.sh_n - 1):
                         m.d.sync += [r.eq(0), rg.eq(0), q.eq(q + 1)]
                 with m.Else():
