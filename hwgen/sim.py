@@ -251,7 +251,8 @@ if _cocotb is not None and os.environ.get("HWGEN_ACCEL_RUN"):
             vals = []
             for i in range(n):
                 port.value = i
-                await RisingEdge(clk)
+                for _ in range(4):           # the reads' latency (accel_if.OUT_LATENCY)
+                    await RisingEdge(clk)
                 await ReadOnly()
                 vals.append(data.value.to_signed() if signed else int(data.value))
                 await Timer(1, "ns")

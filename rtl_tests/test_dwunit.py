@@ -1,18 +1,21 @@
 """Run-time-configurable depthwise unit (hwgen.hw.dwunit.DwUnit) against hwgen.golden.ops.conv2d.
 
 A bench component (:class:`DwBench`) holds the unit's three memories (byte-wide arena, tap
-memory, 64-bit channel store, all with 1-cycle read latency) behind one load port and exposes
-the write requests. Each run loads two layers into disjoint regions (inputs at ``in_addr > 0``
-with a pitch larger than the channel count, taps at ``w_base``, records at ``ch_base``), starts
-them back to back (the second in the cycle after ``done``), captures every write request and
-checks that each (pix, ch) is written exactly once with the int8 value of ``ops.conv2d``
-(random tensors, weights, biases, realistic per-channel scales, x_zp/y_zp, clamp ranges).
+memory, 64-bit channel store, all with a read latency of 1 or 2 cycles: 2 = one more register
+on each read data) behind one load port and exposes the write requests. Each run loads two
+layers into disjoint regions (inputs at ``in_addr > 0`` with a pitch larger than the channel
+count, taps at ``w_base``, records at ``ch_base``), starts them back to back (the second in the
+cycle after ``done``), captures every write request and checks that each (pix, ch) is written
+exactly once with the int8 value of ``ops.conv2d`` (random tensors, weights, biases,
+per-channel scales sized so that the outputs spread over many codes, x_zp/y_zp, clamp ranges).
 The cycle count of every layer (start to done) is checked against the streaming goal.
 
-Fast tier: one Verilator build (cocotb_dwunit) running every geometry (12 layers in 6
-back-to-back pairs: stride 1, 2 and 1x2, padding (1,1,1,1), (0,0,1,1), (1,0,1,1) and none,
-6x6 .. 12x12, 9x16, 2x3, 1x1, 1..8 channels); Amaranth-simulator runs of a small layer pair,
-of the same pair through a unit that pads with 0 instead of ``x_zp`` (must fail), and of a
+Every case runs with ``mem_latency`` 1 and 2 (unit and bench memories matching).
+Fast tier: two Verilator builds (cocotb_dwunit, one per latency) running every geometry
+(12 layers in 6 back-to-back pairs: stride 1, 2 and 1x2, padding (1,1,1,1), (0,0,1,1),
+(1,0,1,1) and none, 6x6 .. 12x12, 9x16, 2x3, 1x1, 1..8 channels); Amaranth-simulator runs of
+a small layer pair, of the same pair through a unit that pads with 0 instead of ``x_zp``
+(must fail), through a mem_latency=1 unit against 2-cycle memories (must fail), and of a
 real MobileNet depthwise layer (descriptor and weight stores from hwgen.hw.layer_io).
 """
 from __future__ import annotations
@@ -21,7 +24,7 @@ import json
 
 import numpy as np
 import pytest
-from amaranth import Const, Module, signed
+from amaranth import Const, Module, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -38,10 +41,13 @@ MAX_WIDTH = 16
 
 class DwBench(wiring.Component):
     """DwUnit + arena / tap / channel-store memories; ``ld_*`` writes memory ``ld_sel``
-    (0 arena, 1 taps, 2 channel store)."""
+    (0 arena, 1 taps, 2 channel store). The memories' read latency is ``mem_latency``
+    (default: the unit's ``unit_latency``); 2 adds a register on each read data."""
 
-    def __init__(self, max_width=MAX_WIDTH, bug=None):
-        self.unit = DwUnit(max_width, 64, use_primitive=False, _inject_bug=bug)
+    def __init__(self, max_width=MAX_WIDTH, bug=None, unit_latency=1, mem_latency=None):
+        self.unit = DwUnit(max_width, 64, use_primitive=False, mem_latency=unit_latency,
+                           _inject_bug=bug)
+        self.mem_latency = unit_latency if mem_latency is None else mem_latency
         super().__init__({
             "desc": In(DESC), "start": In(1), "done": Out(1),
             "ld_en": In(1), "ld_sel": In(2), "ld_addr": In(ARENA_BITS), "ld_data": In(64),
@@ -62,7 +68,13 @@ class DwBench(wiring.Component):
             m.submodules[name] = mem
             wp, rp = mem.write_port(), mem.read_port()
             m.d.comb += [wp.en.eq(self.ld_en & (self.ld_sel == sel)), wp.addr.eq(self.ld_addr),
-                         wp.data.eq(self.ld_data), rp.addr.eq(addr[:bits]), dat.eq(rp.data)]
+                         wp.data.eq(self.ld_data), rp.addr.eq(addr[:bits])]
+            out = rp.data
+            for k in range(self.mem_latency - 1):      # output register(s)
+                reg = Signal.like(rp.data, name=f"{name}_q{k}")
+                m.d.sync += reg.eq(out)
+                out = reg
+            m.d.comb += dat.eq(out)
         return m
 
 
@@ -76,11 +88,16 @@ def make_layer(rng, h, w, c, stride, pad, in_addr, w_base, ch_base):
     if rng.random() < 0.2:
         x[...] = rng.choice([-128, 127])          # saturating tensor
     wt = rng.integers(-128, 128, (c, 1, 3, 3), dtype=np.int8)
-    bias = rng.integers(-2**17, 2**17, c).astype(np.int32)
-    wsc = rng.uniform(0.002, 0.03, c).astype(np.float32)
-    scale = arith.conv_scale(float(rng.uniform(0.01, 0.05)), wsc, float(rng.uniform(0.02, 0.2)))
-    x_zp, y_zp = (int(v) for v in rng.integers(-128, 128, 2))
-    lo, hi = sorted(int(v) for v in rng.integers(-128, 128, 2))
+    x_zp, y_zp = int(rng.integers(-128, 128)), int(rng.integers(-60, 61))
+    # scales and biases sized to the layer's sums, so that the outputs spread over many codes
+    # (about +-40 around y_zp, some clamped) and a wrong tap, pixel or mask shows
+    sums = ops.conv2d_acc(x, x_zp, wt, None, (sh, sw), (t, l, b, r), groups=c)
+    spread = max(float(np.std(sums)), 1.0)
+    bias = rng.integers(-int(2 * spread) - 1, int(2 * spread) + 1, c).astype(np.int32)
+    xs, ys = float(rng.uniform(0.01, 0.05)), float(rng.uniform(0.02, 0.2))
+    wsc = (rng.uniform(0.5, 1.5, c) * 40 * ys / (xs * spread)).astype(np.float32)
+    scale = arith.conv_scale(xs, wsc, ys)
+    lo, hi = int(rng.integers(-128, y_zp - 10)), int(rng.integers(y_zp + 10, 128))
     if rng.random() < 0.4:
         lo, hi = -128, 127
     y = ops.conv2d(x, x_zp, wt, bias, scale, y_zp, (sh, sw), (t, l, b, r), groups=c,
@@ -155,9 +172,9 @@ def cycle_budget(fields) -> int:
 
 # -- Amaranth simulator (small pair; also the broken-variant check) ----------------------------
 
-def run_pysim(run, bug=None, max_width=MAX_WIDTH):
+def run_pysim(run, bug=None, max_width=MAX_WIDTH, latency=1, mem_latency=None):
     from amaranth.sim import Simulator
-    dut = DwBench(max_width=max_width, bug=bug)
+    dut = DwBench(max_width=max_width, bug=bug, unit_latency=latency, mem_latency=mem_latency)
     results = []
 
     async def tb(ctx):
@@ -195,10 +212,20 @@ def run_pysim(run, bug=None, max_width=MAX_WIDTH):
 SMALL = [(5, 4, 3, 1, S_SAME), (6, 6, 2, 2, TF_S2)]
 
 
-def test_dwunit_pysim_small():
+@pytest.mark.parametrize("latency", [1, 2])
+def test_dwunit_pysim_small(latency):
     run = make_run(np.random.default_rng(7), SMALL)
-    for layer, writes, cycles in run_pysim(run):
+    for layer, writes, cycles in run_pysim(run, latency=latency):
         check_layer(layer, writes, cycles)
+        assert cycles <= cycle_budget(layer["fields"]), (layer["name"], cycles)
+
+
+def test_dwunit_latency_mismatch_is_caught():
+    """A mem_latency=1 unit against memories of read latency 2 must fail bit-exactness."""
+    run = make_run(np.random.default_rng(7), SMALL)
+    with pytest.raises(AssertionError, match="Arrays are not equal"):
+        for layer, writes, cycles in run_pysim(run, latency=1, mem_latency=2):
+            check_layer(layer, writes, cycles)
 
 
 def test_dwunit_pad_zero_bug_is_caught():
@@ -211,12 +238,14 @@ def test_dwunit_pad_zero_bug_is_caught():
 
 # -- Verilator: every geometry, one build --------------------------------------------------------
 
-def test_dwunit_verilator(tmp_path):
+@pytest.mark.parametrize("latency", [1, 2])
+def test_dwunit_verilator(tmp_path, latency):
     rng = np.random.default_rng(2026)
     runs = [make_run(rng, g) for g in RUNS]
     result = tmp_path / "cycles.json"
-    harness.run(DwBench(), toplevel="dwbench", test_module="cocotb_dwunit",
-                config={"runs": runs, "result": str(result)}, build_name="dwunit")
+    harness.run(DwBench(unit_latency=latency), toplevel="dwbench", test_module="cocotb_dwunit",
+                config={"runs": runs, "result": str(result)},
+                build_name="dwunit" if latency == 1 else "dwunit_lat2")
     measured = json.loads(result.read_text())
     fields = {lay["name"]: lay for r in runs for lay in r["layers"]}
     assert len(measured) == sum(len(r["layers"]) for r in runs)
@@ -224,7 +253,7 @@ def test_dwunit_verilator(tmp_path):
     for name, cycles in measured:
         ff = fields[name]["fields"]
         ideal = ff["out_c"] * ff["in_h"] * ff["in_w"]
-        lines.append(f"{name}: {cycles} cycles, C*H*W = {ideal}")
+        lines.append(f"lat{latency} {name}: {cycles} cycles, C*H*W = {ideal}")
         assert cycles <= cycle_budget(ff), (name, cycles, ideal)
     print("\n".join(lines))
 
@@ -244,15 +273,17 @@ def random_geoms(rng, n):
 
 
 @pytest.mark.slow
-def test_dwunit_verilator_random(tmp_path):
+@pytest.mark.parametrize("latency", [1, 2])
+def test_dwunit_verilator_random(tmp_path, latency):
     """Random geometries (strides, asymmetric and cropping paddings) through the same build."""
     rng = np.random.default_rng(11)
     geoms = random_geoms(rng, 40)
     runs = [make_run(rng, geoms[i:i + 2]) for i in range(0, len(geoms), 2)]
     result = tmp_path / "cycles.json"
-    harness.run(DwBench(), toplevel="dwbench", test_module="cocotb_dwunit",
+    harness.run(DwBench(unit_latency=latency), toplevel="dwbench", test_module="cocotb_dwunit",
                 config={"runs": runs, "result": str(result)},
-                build_name="dwunit_random")   # own build dir: test-all runs tiers in parallel
+                # own build dirs: test-all runs tiers in parallel
+                build_name="dwunit_random" if latency == 1 else "dwunit_random_lat2")
     fields = {lay["name"]: lay["fields"] for r in runs for lay in r["layers"]}
     measured = json.loads(result.read_text())
     assert len(measured) == len(geoms)
@@ -260,7 +291,8 @@ def test_dwunit_verilator_random(tmp_path):
         assert cycles <= cycle_budget(fields[name]), (name, cycles)
 
 
-def test_dwunit_real_mobilenet_layer():
+@pytest.mark.parametrize("latency", [1, 2])
+def test_dwunit_real_mobilenet_layer(latency):
     """A depthwise layer of a real plan: the descriptor from layer_io.layer_descriptors and
     the tap bytes / channel records from layer_io.weight_stores (relocated into the bench),
     against ops.conv2d with the network's quantised weights and scales."""
@@ -303,6 +335,7 @@ def test_dwunit_real_mobilenet_layer():
     f.update(in_addr=5, w_base=3, ch_base=1)
     layer = {"name": name, "desc": Const.cast(DESC.const(f)).value,
              "expected": y.astype(int).tolist()}
-    (lay, writes, cycles), = run_pysim({"loads": loads, "layers": [layer]}, max_width=32)
+    (lay, writes, cycles), = run_pysim({"loads": loads, "layers": [layer]}, max_width=32,
+                                       latency=latency)
     check_layer(lay, writes, cycles)
     assert cycles <= cycle_budget(f), cycles

@@ -112,7 +112,8 @@ class _DP16KDModel(Elaboratable):
 
 @pytest.mark.parametrize("width,depth,writable,latency",
                          [(8, 5000, True, 1), (96, 2500, False, 1), (64, 1500, False, 1),
-                          (17, 300, True, 1), (8, 5000, True, 2), (96, 2500, False, 2)])
+                          (17, 300, True, 1), (8, 5000, True, 2), (96, 2500, False, 2),
+                          (8, 5000, True, 3), (64, 1500, False, 4)])
 def test_primitive_equals_behavioural(monkeypatch, width, depth, writable, latency):
     monkeypatch.setattr(bram, "_instance", _DP16KDModel)
     rnd = random.Random(depth)

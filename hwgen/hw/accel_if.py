@@ -11,9 +11,10 @@ Contract (:class:`AccelSignature`, from the accelerator's side)
 * ``busy``: ``Out(1)``, high from the cycle after ``start`` until ``done``.
 * ``done``: ``Out(1)``, a one-cycle pulse when the logits are ready.
 * ``error``: ``Out(1)``, level; set by a fault, cleared by the next accepted ``start``.
-* ``out_addr``: ``In(unsigned(B))``, ``out_data``: ``Out(signed(8))`` — registered read of
-  logit ``out_addr`` (``B = ceil_log2(n_out)``): ``out_data`` shows the logit addressed in
-  the previous cycle (1-cycle latency). Valid while not ``busy``.
+* ``out_addr``: ``In(unsigned(B))``, ``out_data``: ``Out(signed(8))`` — pipelined read of
+  logit ``out_addr`` (``B = ceil_log2(n_out)``): ``out_data`` shows the logit addressed
+  :data:`OUT_LATENCY` (4) cycles earlier (the accelerator's pipelined block-RAM read); hold
+  ``out_addr`` that long. Valid while not ``busy``.
 * ``cycles``: ``Out(32)``, the length of the last inference in clock cycles: ``done`` is high
   exactly ``cycles`` cycles after the cycle in which ``start`` was high.
 """
@@ -28,7 +29,10 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-__all__ = ["AccelParams", "AccelSignature", "FakeAccelerator", "fake_logits"]
+__all__ = ["AccelParams", "AccelSignature", "FakeAccelerator", "fake_logits", "OUT_LATENCY"]
+
+#: Cycles from ``out_addr`` to its logit on ``out_data``.
+OUT_LATENCY = 2
 
 
 @dataclass(frozen=True)
@@ -175,8 +179,13 @@ class FakeAccelerator(wiring.Component):
             iw.en.eq(self.img_wr.valid & ~busy),
             self.busy.eq(busy),
             orp.addr.eq(self.out_addr),
-            self.out_data.eq(orp.data),
         ]
+        data = orp.data                             # the interface's read latency
+        for stage in range(OUT_LATENCY - 1):
+            reg = Signal(signed(8), name=f"out_d{stage}")
+            m.d.sync += reg.eq(data)
+            data = reg
+        m.d.comb += self.out_data.eq(data)
 
         with m.If((self.start | self.img_wr.valid) & busy):
             m.d.sync += self.error.eq(1)

@@ -39,8 +39,9 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .bram import BlockRam
-from .accel_if import AccelParams, AccelSignature
-from .layer_io import (KIND_ADD, KIND_ARRAY, KIND_AVGPOOL, KIND_DW, KIND_MAXPOOL, AddUnit,
+from .accel_if import OUT_LATENCY, AccelParams, AccelSignature
+from .layer_io import (KIND_ADD, KIND_ARRAY, KIND_AVGPOOL, KIND_DW, KIND_MAXPOOL,
+                       MEM_LATENCY, AddUnit,
                        AvgPoolUnit, BiasFeeder, MaxPoolUnit, OutputWriter, PatchFeeder, Placer,
                        WeightFeeder, avgpool_configs, layer_descriptors, weight_stores)
 from .sequencer import Sequencer
@@ -118,15 +119,18 @@ class Accelerator(wiring.Component):
         words, dw_bytes, _, ch_words, _ = weight_stores(plan, C)
 
         prim = self.use_primitive
+        lat = MEM_LATENCY
+        assert lat == OUT_LATENCY, "logits are read straight from the arena"
         m.submodules.arena = arena = BlockRam(8, plan.arena_bytes, use_primitive=prim,
-                                              name="arena")
+                                              name="arena", latency=lat)
         m.submodules.wstore = wstore = BlockRam(8 * C, len(words), words, writable=False,
-                                                use_primitive=prim, name="wstore", latency=2)
+                                                use_primitive=prim, name="wstore", latency=lat)
         m.submodules.tstore = tstore = BlockRam(8, len(dw_bytes), [v & 0xFF for v in dw_bytes],
                                                 writable=False, use_primitive=prim,
-                                                name="tstore")
+                                                name="tstore", latency=lat)
         m.submodules.chstore = chstore = BlockRam(64, len(ch_words), ch_words, writable=False,
-                                                  use_primitive=prim, name="chstore")
+                                                  use_primitive=prim, name="chstore",
+                                                  latency=lat)
         a_w, a_r = _WritePort(arena), _ReadPort(arena, signed(8))
         w_r, t_r, c_r = _ReadPort(wstore), _ReadPort(tstore, signed(8)), _ReadPort(chstore)
 
@@ -163,7 +167,7 @@ class Accelerator(wiring.Component):
         if dw_rows:
             from .dwunit import DwUnit
             dwu = DwUnit(max(f["in_w"] for f in dw_rows), max(f["out_c"] for f in dw_rows),
-                         use_primitive=self.use_primitive)
+                         use_primitive=self.use_primitive, mem_latency=MEM_LATENCY)
             m.submodules.dwu = dwu
             units.append((d.kind == KIND_DW, dwu, dwu))
             done[KIND_DW] = dwu.done
@@ -229,7 +233,7 @@ class Accelerator(wiring.Component):
         # the write path: every unit's requests (and the image loader's) through the placer
         out_cs = [f["out_c"] for f in descs if not f["skip"]]
         m.submodules.ptable = ptable = BlockRam(17, max(out_cs), use_primitive=prim,
-                                                name="ptable")
+                                                name="ptable", latency=lat)
         m.submodules.placer = placer = Placer(len(ptable.r_addr))
         m.d.comb += [ptable.w_en.eq(seq.pt_en), ptable.w_addr.eq(seq.pt_addr),
                      ptable.w_data.eq(seq.pt_data), ptable.r_addr.eq(placer.t_addr),
@@ -284,19 +288,19 @@ class Accelerator(wiring.Component):
     def _image_loader(self, m, hw: int, c_in: int):
         """Image bytes (``img_wr``, CHW raster ``addr = c * hw + p``) to placer requests:
         ``c = addr // hw`` as ``(addr * M) >> shift`` (exact over the image's addresses,
-        checked here), then ``p = addr - c * hw``; two registered stages. Returns the
+        checked here), then ``p = addr - c * hw``; three registered stages. Returns the
         stage valid bits, ``c``, ``p`` and the data of the last stage."""
         n = max(c_in * hw, 2)
         mul, shift = _divider_constants(hw, n)
-        v1, v2 = Signal(), Signal()
-        a1, d1, d2 = Signal(range(n)), Signal(signed(8)), Signal(signed(8))
-        c2, p2 = Signal(16), Signal(24)
+        v1, v2, v3 = Signal(), Signal(), Signal()
+        a1, d1, d2, d3 = Signal(range(n)), Signal(signed(8)), Signal(signed(8)), Signal(signed(8))
+        c2, c3, p3 = Signal(16), Signal(16), Signal(24)
         a2 = Signal(range(n))
         fire = self.img_wr.valid & self.img_wr.ready
         m.d.sync += [v1.eq(fire), a1.eq(self.img_wr.payload.addr), d1.eq(self.img_wr.payload.data),
-                     v2.eq(v1), c2.eq((a1 * mul) >> shift), a2.eq(a1), d2.eq(d1)]
-        m.d.comb += p2.eq(a2 - c2 * hw)
-        return [v1, v2], c2, p2, d2
+                     v2.eq(v1), c2.eq((a1 * mul) >> shift), a2.eq(a1), d2.eq(d1),
+                     v3.eq(v2), c3.eq(c2), p3.eq(a2 - c2 * hw), d3.eq(d2)]
+        return [v1, v2, v3], c3, p3, d3
 
 
 def _divider_constants(d: int, n: int) -> tuple[int, int]:

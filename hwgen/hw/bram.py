@@ -73,8 +73,11 @@ class BlockRam(wiring.Component):
     writable: add the write port (``w_addr``/``w_data``/``w_en``).
     use_primitive: DP16KD instances (True), a behavioural Memory (False), or by platform.
     name: name of the behavioural memory in the generated Verilog.
-    latency: read latency in cycles: 1 (the block RAM's output straight out), or 2 (its
-        output register on: the block RAM's clock-to-out no longer starts a timing path).
+    latency: read latency in cycles: 1 (the block RAM's output straight out), 2 (its
+        output register on: the block RAM's clock-to-out no longer starts a timing path),
+        3 (plus a fabric register per block output, before the row multiplexer: a memory
+        spread over the chip crosses it in a cycle of its own), 4 (plus a register after
+        the multiplexer).
 
     Members
     -------
@@ -85,8 +88,8 @@ class BlockRam(wiring.Component):
 
     def __init__(self, width: int, depth: int, init=None, writable: bool = True,
                  use_primitive: bool | None = None, name: str = "mem", latency: int = 1):
-        if latency not in (1, 2):
-            raise ValueError(f"BlockRam latency must be 1 or 2, got {latency!r}")
+        if latency not in (1, 2, 3, 4):
+            raise ValueError(f"BlockRam latency must be 1, 2, 3 or 4, got {latency!r}")
         self.latency = latency
         self.name = name
         self.width, self.depth = width, max(depth, 2)
@@ -114,11 +117,13 @@ class BlockRam(wiring.Component):
             m.submodules[self.name] = mem
             rp = mem.read_port()
             m.d.comb += [rp.addr.eq(self.r_addr), rp.en.eq(self.r_en)]
-            if self.latency == 1:
-                m.d.comb += self.r_data.eq(rp.data)
-            else:
+            data = rp.data
+            for k in range(self.latency - 1):
+                reg = Signal.like(data, name=f"rd{k + 2}")
                 with m.If(self.r_en):
-                    m.d.sync += self.r_data.eq(rp.data)
+                    m.d.sync += reg.eq(data)
+                data = reg
+            m.d.comb += self.r_data.eq(data)
             if self.writable:
                 wp = mem.write_port()
                 m.d.comb += [wp.addr.eq(self.w_addr), wp.data.eq(self.w_data),
@@ -130,14 +135,14 @@ class BlockRam(wiring.Component):
         wbits = ceil_log2(words)
         aw = len(self.r_addr)
         sel = Signal(range(max(rows, 2)))
-        if rows > 1:
+        if rows > 1:       # the row select travels with the data to the multiplexer
             with m.If(self.r_en):
                 m.d.sync += sel.eq(self.r_addr[wbits:])
-            if self.latency == 2:
-                sel2 = Signal.like(sel)
+            for k in range(min(self.latency, 3) - 1):
+                nxt = Signal.like(sel, name=f"sel{k + 2}")
                 with m.If(self.r_en):
-                    m.d.sync += sel2.eq(sel)
-                sel = sel2
+                    m.d.sync += nxt.eq(sel)
+                sel = nxt
         row_out = []
         for r in range(rows):
             chunk = self.init[r * words:(r + 1) * words]
@@ -174,8 +179,20 @@ class BlockRam(wiring.Component):
                     bits, wen, self.r_en, ports, params, self.latency)
                 dout.append(do[:n])
             from amaranth import Cat
-            row_out.append(Cat(*dout))
-        m.d.comb += self.r_data.eq(_mux_tree(sel, row_out))
+            row = Cat(*dout)
+            if self.latency >= 3:
+                reg = Signal(len(row), name=f"row{r}")
+                with m.If(self.r_en):
+                    m.d.sync += reg.eq(row)
+                row = reg
+            row_out.append(row)
+        out = _mux_tree(sel, row_out)
+        if self.latency == 4:
+            reg = Signal(self.width, name="rd_mux")
+            with m.If(self.r_en):
+                m.d.sync += reg.eq(out)
+            out = reg
+        m.d.comb += self.r_data.eq(out)
         return m
 
 
@@ -184,7 +201,7 @@ def _instance(bits, wen, ren, ports, params, latency=1):
     return Instance(
         "DP16KD",
         p_DATA_WIDTH_A=bits, p_DATA_WIDTH_B=bits, p_REGMODE_A="NOREG",
-        p_REGMODE_B="OUTREG" if latency == 2 else "NOREG",
+        p_REGMODE_B="OUTREG" if latency >= 2 else "NOREG",
         p_RESETMODE="SYNC", p_ASYNC_RESET_RELEASE="SYNC", p_CSDECODE_A="0b000",
         p_CSDECODE_B="0b000", p_WRITEMODE_A="NORMAL", p_WRITEMODE_B="NORMAL",
         p_GSR="DISABLED",

@@ -40,12 +40,15 @@ registered BRAM output -> window shift -> mask/weight select into the multiplier
 registers -> 3 multiplier stages -> 4 adder-tree levels -> requantiser (18) -> write request.
 Cycles per layer (start to done): ``C*H*W + W + 45`` or less (setup, first parameter load,
 flush beats, pipeline latency; no per-channel overhead), e.g. 1209 for 12x12x8 and 2108 for
-MobileNet-0.25's 16x16x8 ``dw2`` (rtl_tests/test_dwunit.py). Planes under 9 pixels stall on
+MobileNet-0.25's 16x16x8 ``dw2`` (rtl_tests/test_dwunit.py); ``mem_latency=2`` (memories with
+a 2-cycle read latency, e.g. DP16KD with the output register) adds one pipeline stage behind
+each read port and one or two cycles per layer. Planes under 9 pixels stall on
 the parameter loader (9 cycles per channel: the tap memory gives one byte per cycle).
 
-Resources (yosys synth_ecp5, max_width=128): 13 MULT18X18D (9 taps + 4 requantiser),
-2 DP16KD (line buffers), about 1740 LUT4 + 690 CCU2C, 2680 FF, 8 TRELLIS_DPR16X4;
-nextpnr-ecp5 out of context on the 85F: 141 MHz.
+Resources (yosys synth_ecp5, max_width=128, max_channels=256): 13 MULT18X18D (9 taps + 4
+requantiser), 2 DP16KD (line buffers), 8 TRELLIS_DPR16X4, about 1735 LUT4 + 693 CCU2C and
+2685 FF (mem_latency=1) / 1741 LUT4 + 693 CCU2C and 2710 FF (mem_latency=2); nextpnr-ecp5 out of
+context on the 85F, seeds 1-3: 137.7-138.7 MHz (mem_latency=1), 134.1-144.2 MHz (mem_latency=2).
 """
 from __future__ import annotations
 
@@ -104,31 +107,40 @@ class DwUnit(wiring.Component):
         Largest kernel: 3 (the only size built).
     use_primitive : bool or None
         MULT18X18D instances (True), behavioural multipliers (False), or by platform (None).
+    mem_latency : int
+        Read latency (1 or 2) of all three read ports (arena, taps, channel store): the data
+        for an address presented in cycle t is expected in cycle t + mem_latency (memories
+        always enabled, never stalled). 2 suits DP16KD with the output register on; the
+        unit's own pipeline simply gets one more stage (same throughput, one cycle more
+        latency per layer).
 
     Members
     -------
     desc : In(DESC), stable while running. start : In(1) pulse. done : Out(1), idle (every
     write request issued), init 1.
-    rd_addr / rd_data : arena read port (data the cycle after the address).
-    t_addr / t_data : depthwise tap memory read port (1-cycle latency).
-    c_addr / c_data : channel-store read port (64-bit records, 1-cycle latency).
+    rd_addr / rd_data : arena read port (data ``mem_latency`` cycles after the address).
+    t_addr / t_data : depthwise tap memory read port (``mem_latency``).
+    c_addr / c_data : channel-store read port (64-bit records, ``mem_latency``).
     wr_en, wr_pix, wr_ch, wr_data : write requests (no back-pressure).
     """
 
     SETUP = 8
 
     def __init__(self, max_width: int, max_channels: int, k_max: int = 3, use_primitive=None,
-                 _inject_bug: str | None = None):
+                 mem_latency: int = 1, _inject_bug: str | None = None):
         if k_max != 3:
             raise ValueError(f"DwUnit supports k_max=3 only, got {k_max!r}")
         if not isinstance(max_width, int) or not 2 <= max_width <= 1 << 14:
             raise ValueError(f"DwUnit max_width must be an int in 2..16384, got {max_width!r}")
         if not isinstance(max_channels, int) or not 1 <= max_channels < 1 << 16:
             raise ValueError(f"DwUnit max_channels must be in 1..65535, got {max_channels!r}")
+        if mem_latency not in (1, 2) or isinstance(mem_latency, bool):
+            raise ValueError(f"DwUnit mem_latency must be 1 or 2, got {mem_latency!r}")
         if _inject_bug not in _BUGS:
             raise ValueError(f"_inject_bug must be one of {_BUGS}")
         self.max_width, self.max_channels = max_width, max_channels
         self.use_primitive = use_primitive
+        self.mem_latency = mem_latency
         self._inject_bug = _inject_bug
         super().__init__({
             "desc": In(DESC), "start": In(1), "done": Out(1, init=1),
@@ -146,6 +158,8 @@ class DwUnit(wiring.Component):
         m = Module()
         d = self.desc
         xb = max(1, ceil_log2(self.max_width))
+        L = self.mem_latency
+        x = L - 1               # extra stages behind every read port (0 or 1)
 
         # ---- per-layer constants, computed continuously from desc (valid SETUP cycles
         # after desc settles); no multiplication, every stage registered ----------------------
@@ -193,8 +207,9 @@ class DwUnit(wiring.Component):
         m.d.comb += self.done.eq(~busy)
 
         # ---- parameter loader: channel li's 9 taps on t_addr (one per cycle, lk = 0..8),
-        # its record on c_addr with the last tap; data one cycle later (lv1, lk1, li1);
-        # channels back to back, 9 cycles each ------------------------------------------------
+        # its record on c_addr with the last tap (held for all 9 cycles); data L cycles
+        # later (lv1, lk1, li1 = the issue state delayed by L); channels back to back,
+        # 9 cycles each ---------------------------------------------------------------------
         ld_ch = Signal(16)      # channels loaded completely
         li = Signal(16)         # channel being read (next to read when idle)
         lact = Signal()
@@ -205,7 +220,20 @@ class DwUnit(wiring.Component):
         m.d.comb += [self.t_addr.eq(tptr), self.c_addr.eq(cptr)]
         wset = [[Signal(signed(8), name=f"w{s}_{t}") for t in range(9)] for s in range(2)]
         bset = [Signal(signed(32), name=f"bias{s}") for s in range(2)]
-        m.d.sync += [lv1.eq(lact), lk1.eq(lk), li1.eq(li)]
+        if L == 1:
+            m.d.sync += [lv1.eq(lact), lk1.eq(lk), li1.eq(li)]
+            ld_v, ld_i = lv1 & (lk1 == 8), li1
+        else:
+            lv0, lk0, li0 = Signal(), Signal(4), Signal(16)
+            m.d.sync += [lv0.eq(lact), lk0.eq(lk), li0.eq(li),
+                         lv1.eq(lv0), lk1.eq(lk0), li1.eq(li0)]
+            # ld_ch counts the channel one cycle after its last address, whatever the
+            # latency (as with L = 1): its data (register sets, requantiser ring) lands
+            # L - 1 cycles later, still at least 5 cycles before the stream's first window
+            # of the channel reaches the multipliers (ok -> go -> S5 + x)
+            ld_v, ld_i = lv0 & (lk0 == 8), li0
+        with m.If(ld_v):
+            m.d.sync += ld_ch.eq(ld_i + 1)
         # channel n may load once the multipliers took the last window of channel n - 2
         # (its register set is free)
         # registered decisions (freed only grows: a stale value only delays a load):
@@ -237,7 +265,6 @@ class DwUnit(wiring.Component):
                             m.d.sync += wset[0][t].eq(self.t_data)
             with m.If(lk1 == 8):
                 m.d.comb += rq.param.en.eq(1)
-                m.d.sync += ld_ch.eq(li1 + 1)
                 with m.If(li1[0]):
                     m.d.sync += bset[1].eq(self.c_data[:32])
                 with m.Else():
@@ -305,7 +332,9 @@ class DwUnit(wiring.Component):
                 m.d.sync += [dist.eq(dist - 1), emit.eq(dist == 1)]
 
         # ---- metadata pipeline: issue -> S1 (arena data) -> S2 (line buffer) -> S3 (BRAM
-        # out) -> S4 (window shift) -> S5 (window, multiplier inputs) ------------------------
+        # out) -> S4 (window shift) -> S5 (window, multiplier inputs); with mem_latency = 2
+        # the arena data arrives one cycle later and every stage from S2 on is one later
+        # (index + x) --------------------------------------------------------------------------
         def chain(value, n, name):
             out = [value]
             for k in range(1, n + 1):
@@ -322,27 +351,27 @@ class DwUnit(wiring.Component):
         go_s = Signal()
         emit_s = Signal()
         m.d.comb += [go_s.eq(go), emit_s.eq(go & emit)]
-        v = chain(go_s, 4, "v")
-        e = chain(emit_s, 5, "e")
+        v = chain(go_s, 4 + x, "v")
+        e = chain(emit_s, 5 + x, "e")
         elast_s = Signal()           # the channel's last output
         m.d.comb += elast_s.eq(go & og_adv)
-        el = chain(elast_s, 5, "el")
-        ogc = chain(og, 5, "og")
-        rm = chain(rmask_i, 5, "rm")
-        cm = chain(cmask_i, 5, "cm")
-        xc = chain(ix[:xb], 2, "x")
+        el = chain(elast_s, 5 + x, "el")
+        ogc = chain(og, 5 + x, "og")
+        rm = chain(rmask_i, 5 + x, "rm")
+        cm = chain(cmask_i, 5 + x, "cm")
+        xc = chain(ix[:xb], 2 + x, "x")
         xl_i = Signal()
         m.d.comb += xl_i.eq(x_last)
-        xl = chain(xl_i, 2, "xl")
+        xl = chain(xl_i, 2 + x, "xl")
 
-        # S1 -> S2: arena byte registered, zero point subtracted at S2
+        # S1 (S2 with mem_latency = 2) -> S2: arena byte registered, zero point subtracted
         d2 = Signal(signed(8))
         m.d.sync += d2.eq(self.rd_data)
         val2 = Signal(signed(9))
         m.d.comb += val2.eq(d2 - d.x_zp)
         # S2: line buffers (row y-2 in memory ry, row y-1 in the other), read-before-write
         ry = Signal()
-        with m.If(v[2] & xl[2]):
+        with m.If(v[2 + x] & xl[2 + x]):
             m.d.sync += ry.eq(~ry)
         raws = []
         for k in range(2):
@@ -350,8 +379,8 @@ class DwUnit(wiring.Component):
             m.submodules[f"row{k}"] = mem
             wp = mem.write_port()
             rp = mem.read_port()
-            m.d.comb += [wp.addr.eq(xc[2]), wp.data.eq(val2), wp.en.eq(v[2] & (ry == k)),
-                         rp.addr.eq(xc[2]), rp.en.eq(1)]
+            m.d.comb += [wp.addr.eq(xc[2 + x]), wp.data.eq(val2),
+                         wp.en.eq(v[2 + x] & (ry == k)), rp.addr.eq(xc[2 + x]), rp.en.eq(1)]
             raw = Signal(signed(9), name=f"raw{k}")      # S4
             m.d.sync += raw.eq(rp.data)
             raws.append(raw)
@@ -361,15 +390,19 @@ class DwUnit(wiring.Component):
         # S4: new column (top = row y-2 = memory ry), shift into the window
         col = [Mux(ry4, raws[1], raws[0]), Mux(ry4, raws[0], raws[1]), val4]
         win = [[Signal(signed(9), name=f"win{j}_{i}") for i in range(3)] for j in range(3)]
-        with m.If(v[4]):
+        with m.If(v[4 + x]):
             for i in range(3):
                 m.d.sync += [win[0][i].eq(win[1][i]), win[1][i].eq(win[2][i]),
                              win[2][i].eq(col[i])]
 
         # ---- S5: multipliers (window cell x tap), adder tree with the bias ------------------
-        e5, og5, rm5, cm5 = e[5], ogc[5], rm[5], cm[5]
+        e5, og5, rm5, cm5 = e[5 + x], ogc[5 + x], rm[5 + x], cm[5 + x]
+        # freed from stage 5 whatever the latency (as with L = 1): with L = 2 that is one
+        # cycle before the multipliers take the window, but the loader's first write into
+        # the freed register set lands L + 3 cycles after freed (freed -> may_r -> lact ->
+        # address -> L -> register), so the set is still read before it is overwritten
         with m.If(el[5]):
-            m.d.sync += freed.eq(og5 + 1)
+            m.d.sync += freed.eq(ogc[5] + 1)
         sel = og5[0]
         prods = []
         for i in range(3):
@@ -405,18 +438,25 @@ class DwUnit(wiring.Component):
                      rq.i_stream.payload.ch[0].eq(slot12)]
 
         # ---- write requests --------------------------------------------------------------------
+        # (counters with registered "at last value" flags, set when the setup ends -- long
+        # before the first write request -- so no compare chain sits before the enables)
         wx, wy, wc, wp_ = Signal(16), Signal(16), Signal(16), Signal(24)
+        wx_last, wy_last, wc_last = Signal(), Signal(), Signal()
         o = rq.o_stream
         m.d.comb += [self.wr_en.eq(o.valid & busy), self.wr_pix.eq(wp_), self.wr_ch.eq(wc),
                      self.wr_data.eq(o.payload[0])]
         with m.If(self.start):
             m.d.sync += [wx.eq(0), wy.eq(0), wc.eq(0), wp_.eq(0)]
+        with m.Elif(setup == 1):
+            m.d.sync += [wx_last.eq(owm1 == 0), wy_last.eq(ohm1 == 0), wc_last.eq(cm1 == 0)]
         with m.Elif(o.valid & busy):
-            m.d.sync += [wx.eq(wx + 1), wp_.eq(wp_ + 1)]
-            with m.If(wx == owm1):
-                m.d.sync += [wx.eq(0), wy.eq(wy + 1)]
-                with m.If(wy == ohm1):
-                    m.d.sync += [wy.eq(0), wp_.eq(0), wc.eq(wc + 1)]
-                    with m.If(wc == cm1):
+            m.d.sync += [wx.eq(wx + 1), wp_.eq(wp_ + 1), wx_last.eq(wx == owm2)]
+            with m.If(wx_last):
+                m.d.sync += [wx.eq(0), wx_last.eq(owm1 == 0), wy.eq(wy + 1),
+                             wy_last.eq(wy == ohm2)]
+                with m.If(wy_last):
+                    m.d.sync += [wy.eq(0), wy_last.eq(ohm1 == 0), wp_.eq(0), wc.eq(wc + 1),
+                                 wc_last.eq(wc == cm2)]
+                    with m.If(wc_last):
                         m.d.sync += [busy.eq(0), run.eq(0), lrun.eq(0)]
         return m

@@ -28,7 +28,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .accel_if import AccelParams, AccelSignature
+from .accel_if import OUT_LATENCY, AccelParams, AccelSignature
 
 __all__ = ["SOF", "Cmd", "Err", "NAK", "STATUS_BYTES", "PROTOCOL_VERSION", "HostLinkParams",
            "HostLink", "crc16_step"]
@@ -380,11 +380,14 @@ class HostLink(wiring.Component):
                              shreg.eq(shreg >> 8), raddr.eq(raddr + 1)]
                 m.next = "T_PAY"
             with m.State("T_PAY"):
-                emit(pay_byte, 1, "T_FETCH")
+                emit(pay_byte, 1, "T_WAIT1")
                 with m.If(~tx_full):
                     m.d.sync += t_left.eq(t_left - 1)
                     with m.If(t_left == 1):
                         m.next = "T_CRC0"
+            for k in range(1, OUT_LATENCY):      # the logit read's latency
+                with m.State(f"T_WAIT{k}"):
+                    m.next = f"T_WAIT{k + 1}" if k + 1 < OUT_LATENCY else "T_FETCH"
             with m.State("T_CRC0"):                 # tx_byte empty: the CRC is complete
                 emit(crc[:8], 0, "T_CRC1")
             with m.State("T_CRC1"):
@@ -392,6 +395,6 @@ class HostLink(wiring.Component):
 
         m.d.sync += wdata.eq(br.data)
 
-        # logit read port (1-cycle latency): raddr is set at least a cycle before T_FETCH
+        # logit read port (OUT_LATENCY cycles): raddr is set at least that long before T_FETCH
         m.d.comb += acc.out_addr.eq(raddr)
         return m

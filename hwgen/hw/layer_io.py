@@ -14,7 +14,8 @@ Every compute layer of the program runs on the systolic array as a (grouped) con
 * ``GlobalAvgPool``: a grouped convolution over the whole input with weights 1 and bias 0
   (``sum(x - x_zp)``), requantised with the pool's scale (the channel record).
 
-The arena is byte-wide (one read and one write per cycle): :class:`PatchFeeder` delivers
+All block RAMs read with a latency of :data:`MEM_LATENCY` cycles (their output registers
+on). The arena is byte-wide (one read and one write per cycle): :class:`PatchFeeder` delivers
 one patch byte per cycle (``a_stream`` with ``L = 1``) and :class:`OutputWriter` stores one
 output byte per cycle through the output place (pitch, channel offsets, channel shuffle).
 
@@ -37,13 +38,18 @@ from . import add as _add
 from ..mapper import program as prog
 from ..mapper.plan import WEIGHTS_SECTION_A
 
-__all__ = ["DESC", "KIND_ARRAY", "KIND_MAXPOOL", "KIND_ADD", "KIND_AVGPOOL", "KIND_DW", "MaxPoolUnit", "AddUnit", "Placer",
+__all__ = ["DESC", "KIND_ARRAY", "KIND_MAXPOOL", "KIND_ADD", "KIND_AVGPOOL", "KIND_DW", "MEM_LATENCY", "MaxPoolUnit", "AddUnit", "Placer",
            "AvgPoolUnit", "avgpool_configs", "MODE_WORD", "MODE_DW", "MODE_ONES", "LayerDesc", "layer_descriptors",
            "weight_stores", "PatchFeeder", "WeightFeeder", "BiasFeeder", "OutputWriter"]
 
 #: Unit that runs a layer: the systolic array, the serial max-pool unit, the add unit, the
 #: average-pool unit, the depthwise unit (:class:`hwgen.hw.dwunit.DwUnit`).
 KIND_ARRAY, KIND_MAXPOOL, KIND_ADD, KIND_AVGPOOL, KIND_DW = 0, 1, 2, 3, 4
+#: Read latency (cycles) of the accelerator's block RAMs (arena, stores, place table):
+#: output register, a register per block before the row multiplexer, one after it
+#: (:class:`hwgen.hw.bram.BlockRam` ``latency=4``): a memory spread over the whole chip
+#: is crossed in cycles of its own.
+MEM_LATENCY = 2
 _ADD_CFG = _add.CONFIG_LAYOUT
 #: Weight source of a layer: weight-store words, depthwise tap bytes, constant 1 (pooling).
 MODE_WORD, MODE_DW, MODE_ONES = 0, 1, 2
@@ -76,6 +82,10 @@ DESC = data.StructLayout({
     "sh_q0": unsigned(16), "sh_r0": unsigned(16), "sh_rg0": unsigned(17),   # out_pre // sh_n,
                                   # out_pre % sh_n, sh_r0 * sh_g (the place table's start)
     "out_pix": unsigned(24),      # out_h * out_w
+    # loop bounds minus one (the feeders compare counters with these: no subtraction)
+    "cin_g_m1": unsigned(16), "kw_m1": unsigned(8), "kh_m1": unsigned(8),
+    "groups_m1": unsigned(16), "out_w_m1": unsigned(16), "out_h_m1": unsigned(16),
+    "otiles_m1": unsigned(16), "tiles_m1": unsigned(24), "wbeats_m1": unsigned(32),
     "row_stride": unsigned(24),   # in_w * in_pitch: one input row
     "col_step": unsigned(24),     # sw * in_pitch: next output pixel's window
     "row_step": unsigned(24),     # sh * in_w * in_pitch: next output row's window
@@ -130,6 +140,8 @@ def _finish(f: dict, rows: int) -> dict:
     f["wbeats"] = f["groups"] * f["otiles"] * f["k"]
     f["row_stride"] = f["in_w"] * f["in_pitch"]
     f["out_pix"] = f["out_h"] * f["out_w"]
+    for k in ("cin_g", "kw", "kh", "groups", "out_w", "out_h", "otiles", "tiles", "wbeats"):
+        f[f"{k}_m1"] = max(f[k] - 1, 0)
     f["col_step"] = f["sw"] * f["in_pitch"]
     f["row_step"] = f["sh"] * f["row_stride"]
     f["org"] = (f["in_addr"] - (f["pad_t"] * f["in_w"] + f["pad_l"]) * f["in_pitch"]) % (1 << 24)
@@ -248,14 +260,14 @@ class Placer(wiring.Component):
     or, with ``direct``, is ``j`` itself (the image loader).
 
     A pure delay line, no back-pressure: a request (``en``, ``pix``, ``ch``, ``data``)
-    reaches the arena write port 4 cycles later; ``busy`` while any is on the way (a layer
+    reaches the arena write port ``MEM_LATENCY + 2`` cycles later; ``busy`` while any is on the way (a layer
     is done only when its writes have landed). ``pix < 2**17``, ``pitch < 2**17``: one
     MULT18X18D, registered on both sides.
 
     Members
     -------
     en, pix, ch, data, direct, base, pitch: the request (``base``/``pitch`` per layer).
-    t_addr: Out, t_data: In(17): the place table's read port (registered read).
+    t_addr: Out, t_data: In(17): the place table's read port (2-cycle read latency).
     wr_en, wr_addr, wr_data: Out, the arena write port. busy: Out(1).
     """
     LATENCY = 4
@@ -270,23 +282,33 @@ class Placer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        v = [Signal(name=f"v{i}") for i in range(4)]
-        # S1: request registered
+        v = [Signal(name=f"v{i}") for i in range(3)]
+        # S1: request registered; the place table is read at ch1 (its data MEM_LATENCY
+        # cycles later, in stage S(1 + MEM_LATENCY))
         pix1, ch1, dat1, dir1 = Signal(17), Signal(16), Signal(signed(8)), Signal()
         m.d.sync += [v[0].eq(self.en), pix1.eq(self.pix), ch1.eq(self.ch), dat1.eq(self.data),
                      dir1.eq(self.direct)]
-        # S2: table read, product
         m.d.comb += self.t_addr.eq(ch1)
+        # S2: product
         prod2, ch2, dat2, dir2 = Signal(34), Signal(16), Signal(signed(8)), Signal()
         m.d.sync += [v[1].eq(v[0]), prod2.eq(pix1 * self.pitch), ch2.eq(ch1), dat2.eq(dat1),
                      dir2.eq(dir1)]
-        # S3: address
-        addr3, dat3 = Signal(24), Signal(signed(8))
-        off = Mux(dir2, ch2, self.t_data)
-        m.d.sync += [v[2].eq(v[1]), addr3.eq(self.base + prod2[:24] + off), dat3.eq(dat2)]
-        # S4: arena write (registered port signals)
-        m.d.sync += [v[3].eq(v[2]), self.wr_addr.eq(addr3), self.wr_data.eq(dat3)]
-        m.d.comb += [self.wr_en.eq(v[3]), self.busy.eq(v[0] | v[1] | v[2] | v[3])]
+        # S3: pixel address; then wait for the table's data
+        sum3, ch3, dat3, dir3 = Signal(24), Signal(16), Signal(signed(8)), Signal()
+        m.d.sync += [v[2].eq(v[1]), sum3.eq(self.base + prod2[:24]), ch3.eq(ch2), dat3.eq(dat2),
+                     dir3.eq(dir2)]
+        for k in range(MEM_LATENCY - 2):
+            nv_, ns, nc, nd, ndir = (Signal(), Signal(24), Signal(16), Signal(signed(8)),
+                                     Signal())
+            m.d.sync += [nv_.eq(v[-1]), ns.eq(sum3), nc.eq(ch3), nd.eq(dat3), ndir.eq(dir3)]
+            v.append(nv_)
+            sum3, ch3, dat3, dir3 = ns, nc, nd, ndir
+        # last stage: + channel offset (the table's data), registered into the write port
+        off = Mux(dir3, ch3, self.t_data)
+        last = Signal()
+        m.d.sync += [last.eq(v[-1]), self.wr_addr.eq(sum3 + off), self.wr_data.eq(dat3)]
+        v.append(last)
+        m.d.comb += [self.wr_en.eq(last), self.busy.eq(Cat(*v).any())]
         return m
 
 
@@ -300,7 +322,7 @@ class PatchFeeder(wiring.Component):
     Order: for each output pixel (raster), for each group, (ky, kx, ci) -- the systolic
     array's ``a_stream`` order with ``L = 1``; cells outside the input give ``x_zp``.
     Throughput one byte per cycle (counters, a five-stage address pipeline with its two
-    multiplications registered, block-RAM read, FIFO); latency 7 cycles.
+    multiplications registered, the block-RAM read, FIFO); latency ``MEM_LATENCY + 6``.
 
     Members
     -------
@@ -326,9 +348,10 @@ class PatchFeeder(wiring.Component):
         iy0, ix0 = Signal(signed(18)), Signal(signed(18))
         cbase = Signal(16)
         # address pipeline: S1 coordinates, S2 row * in_w, S3 pixel, S4 pixel * pitch,
-        # S5 address (registered into the block RAM), S6 data
-        v = [Signal(name=f"v{i}") for i in range(1, 7)]
-        inb = [Signal(name=f"inb{i}") for i in range(1, 7)]
+        # S5 address (registered into the block RAM), then the arena's MEM_LATENCY read stages
+        n = 5 + MEM_LATENCY
+        v = [Signal(name=f"v{i}") for i in range(1, n + 1)]
+        inb = [Signal(name=f"inb{i}") for i in range(1, n + 1)]
         s1_iy, s1_ix = Signal(signed(18)), Signal(signed(18))
         cs = [Signal(16, name=f"c{i}") for i in range(1, 5)]
         ix2, row2, pix3, prod4 = Signal(16), Signal(24), Signal(17), Signal(34)
@@ -339,13 +362,13 @@ class PatchFeeder(wiring.Component):
         ix = ix0 + kx
         m.d.sync += [v[0].eq(issue), s1_iy.eq(iy), s1_ix.eq(ix), cs[0].eq(cbase + ci),
                      inb[0].eq((iy >= 0) & (iy < d.in_h) & (ix >= 0) & (ix < d.in_w))]
-        m.d.sync += [v[i].eq(v[i - 1]) for i in range(1, 6)]
-        m.d.sync += [inb[i].eq(inb[i - 1]) for i in range(1, 6)]
+        m.d.sync += [v[i].eq(v[i - 1]) for i in range(1, n)]
+        m.d.sync += [inb[i].eq(inb[i - 1]) for i in range(1, n)]
         m.d.sync += [cs[i].eq(cs[i - 1]) for i in range(1, 4)]
         m.d.sync += [row2.eq(s1_iy.as_unsigned()[:16] * d.in_w), ix2.eq(s1_ix.as_unsigned()[:16]),
                      pix3.eq(row2 + ix2), prod4.eq(pix3 * d.in_pitch),
                      self.rd_addr.eq(d.in_addr + prod4[:24] + cs[3])]
-        m.d.comb += [fifo.w_en.eq(v[5]), fifo.w_data.eq(Mux(inb[5], self.rd_data, d.x_zp)),
+        m.d.comb += [fifo.w_en.eq(v[-1]), fifo.w_data.eq(Mux(inb[-1], self.rd_data, d.x_zp)),
                      self.o_stream.valid.eq(fifo.r_rdy), self.o_stream.payload.eq(fifo.r_data),
                      fifo.r_en.eq(self.o_stream.ready)]
 
@@ -354,18 +377,18 @@ class PatchFeeder(wiring.Component):
                          iy0.eq(-d.pad_t), ix0.eq(-d.pad_l), cbase.eq(0)]
         with m.Elif(issue):
             m.d.sync += ci.eq(ci + 1)
-            with m.If(ci == d.cin_g - 1):
+            with m.If(ci == d.cin_g_m1):
                 m.d.sync += [ci.eq(0), kx.eq(kx + 1)]
-                with m.If(kx == d.kw - 1):
+                with m.If(kx == d.kw_m1):
                     m.d.sync += [kx.eq(0), ky.eq(ky + 1)]
-                    with m.If(ky == d.kh - 1):
+                    with m.If(ky == d.kh_m1):
                         m.d.sync += [ky.eq(0), g.eq(g + 1), cbase.eq(cbase + d.cin_g)]
-                        with m.If(g == d.groups - 1):
+                        with m.If(g == d.groups_m1):
                             m.d.sync += [g.eq(0), cbase.eq(0), ox.eq(ox + 1), ix0.eq(ix0 + d.sw)]
-                            with m.If(ox == d.out_w - 1):
+                            with m.If(ox == d.out_w_m1):
                                 m.d.sync += [ox.eq(0), ix0.eq(-d.pad_l), oy.eq(oy + 1),
                                              iy0.eq(iy0 + d.sh)]
-                                with m.If(oy == d.out_h - 1):
+                                with m.If(oy == d.out_h_m1):
                                     m.d.sync += run.eq(0)
         return m
 
@@ -373,8 +396,8 @@ class PatchFeeder(wiring.Component):
 class WeightFeeder(wiring.Component):
     """Replays a layer's weight block once per pixel tile: ``groups * otiles * k`` beats of
     ``cols`` int8 (weight-store words; depthwise: the tap byte in lane 0; pooling: 1 in
-    lane 0). One beat per cycle, latency 4 cycles (address register, the weight store's
-    two-cycle read, FIFO): the weight store has ``latency=2``.
+    lane 0). One beat per cycle, latency ``MEM_LATENCY + 2`` cycles (address register, the
+    weight store's read, FIFO).
 
     Members
     -------
@@ -382,7 +405,7 @@ class WeightFeeder(wiring.Component):
     w_addr / w_data: weight-store read port; t_addr / t_data: depthwise tap-memory read port.
     o_stream: Out(stream of ArrayLayout(signed(8), cols)).
     """
-    DEPTH = 8
+    DEPTH = 16
 
     def __init__(self, cols: int):
         self.cols = cols
@@ -401,15 +424,14 @@ class WeightFeeder(wiring.Component):
         pt = Signal(24)
         i = Signal(32)
         n = Signal(32)
-        # S1: address register; S2, S3: the weight store's two read stages (the tap memory
-        # reads in one, its byte is registered once more to line up)
-        v = [Signal(name=f"v{k}") for k in range(1, 4)]
+        # S1: address register; then the read stages of the weight store and the tap memory
+        v = [Signal(name=f"v{k}") for k in range(1, MEM_LATENCY + 2)]
         m.d.comb += self.done.eq(~run)
         issue = run & _fifo_room(fifo, sum(v), self.DEPTH)
         addr = Signal(24)
-        t_d = Signal(signed(8))
-        m.d.sync += [v[0].eq(issue), v[1].eq(v[0]), v[2].eq(v[1]), addr.eq(d.w_base + i),
-                     t_d.eq(self.t_data)]
+        t_d = self.t_data
+        m.d.sync += [v[0].eq(issue), addr.eq(d.w_base + i)]
+        m.d.sync += [v[k].eq(v[k - 1]) for k in range(1, len(v))]
         m.d.comb += [self.w_addr.eq(addr), self.t_addr.eq(addr)]
         word = Signal(8 * C)
         with m.Switch(d.mode):
@@ -419,16 +441,16 @@ class WeightFeeder(wiring.Component):
                 m.d.comb += word.eq(t_d.as_unsigned())
             with m.Default():
                 m.d.comb += word.eq(1)
-        m.d.comb += [fifo.w_en.eq(v[2]), fifo.w_data.eq(word),
+        m.d.comb += [fifo.w_en.eq(v[-1]), fifo.w_data.eq(word),
                      self.o_stream.valid.eq(fifo.r_rdy), self.o_stream.payload.eq(fifo.r_data),
                      fifo.r_en.eq(self.o_stream.ready)]
         with m.If(self.start):
-            m.d.sync += [run.eq(1), pt.eq(0), i.eq(0), n.eq(d.wbeats)]
+            m.d.sync += [run.eq(1), pt.eq(0), i.eq(0), n.eq(d.wbeats_m1)]
         with m.Elif(issue):
             m.d.sync += i.eq(i + 1)
-            with m.If(i == n - 1):
+            with m.If(i == n):
                 m.d.sync += [i.eq(0), pt.eq(pt + 1)]
-                with m.If(pt == self.tiles - 1):
+                with m.If(pt == d.tiles_m1):
                     m.d.sync += run.eq(0)
         return m
 
@@ -464,11 +486,14 @@ class BiasFeeder(wiring.Component):
         obase = Signal(24)       # g * cout_g + ot * C
         rem = Signal(signed(18))  # cout_g - ot * C
         vec = Signal(data.ArrayLayout(signed(32), C))
-        cap_v = Signal()
-        cap_lane = Signal(range(C))
+        cap_vs = [Signal(name=f"cap_v{k}") for k in range(MEM_LATENCY)]
+        cap_ls = [Signal(range(C), name=f"cap_lane{k}") for k in range(MEM_LATENCY)]
+        cap_v0, cap_v, cap_lane0, cap_lane = cap_vs[0], cap_vs[-1], cap_ls[0], cap_ls[-1]
         nvalid = Mux(rem > C, C, rem)
         m.d.comb += [self.rd_addr.eq(d.ch_base + obase + c), self.o_stream.payload.eq(vec)]
-        m.d.sync += cap_v.eq(0)
+        m.d.sync += cap_v0.eq(0)
+        m.d.sync += [cap_vs[k].eq(cap_vs[k - 1]) for k in range(1, MEM_LATENCY)]
+        m.d.sync += [cap_ls[k].eq(cap_ls[k - 1]) for k in range(1, MEM_LATENCY)]
         with m.If(cap_v):
             m.d.sync += vec[cap_lane].eq(self.rd_data[:32])
         with m.FSM():
@@ -480,23 +505,24 @@ class BiasFeeder(wiring.Component):
                     m.next = "FILL"
             with m.State("FILL"):
                 with m.If((c < nvalid) & ~d.bias_zero):
-                    m.d.sync += [cap_v.eq(1), cap_lane.eq(c), c.eq(c + 1)]
+                    m.d.sync += [cap_v0.eq(1), cap_lane0.eq(c), c.eq(c + 1)]
                 with m.Else():
                     m.next = "SETTLE"
-            with m.State("SETTLE"):
-                m.next = "OUT"
+            for k in range(MEM_LATENCY):        # the last record's read lands
+                with m.State("SETTLE" if k == 0 else f"SETTLE{k}"):
+                    m.next = f"SETTLE{k + 1}" if k + 1 < MEM_LATENCY else "OUT"
             with m.State("OUT"):
                 m.d.comb += self.o_stream.valid.eq(1)
                 with m.If(self.o_stream.ready):
                     m.d.sync += [vec.eq(0), c.eq(0), ot.eq(ot + 1), obase.eq(obase + C),
                                  rem.eq(rem - C)]
                     m.next = "FILL"
-                    with m.If(ot == d.otiles - 1):
+                    with m.If(ot == d.otiles_m1):
                         m.d.sync += [ot.eq(0), g.eq(g + 1), rem.eq(d.cout_g),
                                      obase.eq(obase + rem)]
-                        with m.If(g == d.groups - 1):
+                        with m.If(g == d.groups_m1):
                             m.d.sync += [g.eq(0), obase.eq(0), pt.eq(pt + 1)]
-                            with m.If(pt == self.tiles - 1):
+                            with m.If(pt == d.tiles_m1):
                                 m.next = "IDLE"
         return m
 
@@ -546,7 +572,7 @@ class OutputWriter(wiring.Component):
 
 
 class MaxPoolUnit(wiring.Component):
-    """Serial max pooling: one output element per ``kh * kw + 3`` cycles.
+    """Serial max pooling: one output element per ``kh * kw + 2 * MEM_LATENCY + 1`` cycles.
 
     For each output pixel (raster) and channel, the window's cells inside the input are
     read from the arena one per cycle (padding and ceil-mode overhang never win, as in
@@ -585,8 +611,10 @@ class MaxPoolUnit(wiring.Component):
         aw, ap, ab, ar, a = (Signal(24, name=n) for n in ("a_orow", "a_opix", "a_win",
                                                              "a_wrow", "a_tap"))
         m.d.comb += self.rd_addr.eq(a)
+        sv = [s1_v] + [Signal(name=f"s{k}_v") for k in range(2, MEM_LATENCY + 1)]
         m.d.sync += s1_v.eq(0)
-        with m.If(s1_v & (self.rd_data > mx)):
+        m.d.sync += [sv[k].eq(sv[k - 1]) for k in range(1, MEM_LATENCY)]
+        with m.If(sv[-1] & (self.rd_data > mx)):
             m.d.sync += mx.eq(self.rd_data)
         idx = Signal(8)
         m.d.comb += [idx.eq(mx[:8] ^ 0x80), self.t_addr.eq(d.t_base + idx[3:])]
@@ -611,10 +639,12 @@ class MaxPoolUnit(wiring.Component):
                     with m.If(ky == d.kh - 1):
                         m.d.sync += ky.eq(0)
                         m.next = "LAST"
-            with m.State("LAST"):
-                m.next = "TAB"
-            with m.State("TAB"):
-                m.next = "WRITE"
+            for k in range(MEM_LATENCY):        # the window's last reads land
+                with m.State("LAST" if k == 0 else f"LAST{k}"):
+                    m.next = f"LAST{k + 1}" if k + 1 < MEM_LATENCY else "TAB"
+            for k in range(MEM_LATENCY):        # the rescale table's read
+                with m.State("TAB" if k == 0 else f"TAB{k}"):
+                    m.next = f"TAB{k + 1}" if k + 1 < MEM_LATENCY else "WRITE"
             with m.State("WRITE"):
                 m.d.comb += self.wr_en.eq(1)
                 m.d.sync += [mx.eq(-129), c.eq(c + 1), ab.eq(ab + 1), ar.eq(ab + 1),
@@ -664,12 +694,16 @@ class AddUnit(wiring.Component):
         run = Signal()
         p, c = Signal(24), Signal(16)
         phase = Signal()
-        s1_v, s1_ph = Signal(), Signal()
+        svs = [Signal(name=f"s{k}_v") for k in range(MEM_LATENCY)]
+        sps = [Signal(name=f"s{k}_ph") for k in range(MEM_LATENCY)]
+        s1_v, s1_ph = svs[-1], sps[-1]
         a_reg = Signal(signed(8))
-        issue = run & (phase | _fifo_room(fifo, s1_v, self.DEPTH))
+        issue = run & (phase | _fifo_room(fifo, sum(svs), self.DEPTH))
         a0, a1 = Signal(24), Signal(24)       # pixel p of each input
         m.d.comb += self.rd_addr.eq(Mux(phase, a1, a0) + c)
-        m.d.sync += [s1_v.eq(issue), s1_ph.eq(phase)]
+        m.d.sync += [svs[0].eq(issue), sps[0].eq(phase)]
+        m.d.sync += [svs[k].eq(svs[k - 1]) for k in range(1, MEM_LATENCY)]
+        m.d.sync += [sps[k].eq(sps[k - 1]) for k in range(1, MEM_LATENCY)]
         with m.If(s1_v & ~s1_ph):
             m.d.sync += a_reg.eq(self.rd_data)
         m.d.comb += [fifo.w_en.eq(s1_v & s1_ph), fifo.w_data.eq(Cat(a_reg, self.rd_data))]
@@ -786,11 +820,13 @@ class AvgPoolUnit(wiring.Component):
         m.submodules.fifo = fifo = SyncFIFO(width=8, depth=self.DEPTH)
         run = Signal()
         p, c = Signal(24), Signal(16)
-        s1_v = Signal()
-        issue = run & _fifo_room(fifo, s1_v, self.DEPTH)
+        svs = [Signal(name=f"s{k}_v") for k in range(MEM_LATENCY)]
+        s1_v = svs[-1]
+        issue = run & _fifo_room(fifo, sum(svs), self.DEPTH)
         a, ac = Signal(24), Signal(24)        # element (p, c), element (0, c)
         m.d.comb += self.rd_addr.eq(a)
-        m.d.sync += s1_v.eq(issue)
+        m.d.sync += svs[0].eq(issue)
+        m.d.sync += [svs[k].eq(svs[k - 1]) for k in range(1, MEM_LATENCY)]
         m.d.comb += [fifo.w_en.eq(s1_v), fifo.w_data.eq(self.rd_data),
                      pool.i_stream.valid.eq(fifo.r_rdy), pool.i_stream.payload.eq(fifo.r_data),
                      fifo.r_en.eq(pool.i_stream.ready)]

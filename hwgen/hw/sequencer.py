@@ -27,7 +27,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from .layer_io import DESC
+from .layer_io import DESC, MEM_LATENCY
 from .requant import PARAM_LAYOUT
 
 __all__ = ["Sequencer"]
@@ -86,9 +86,13 @@ class Sequencer(wiring.Component):
         lcyc = Signal(32)
         m.d.sync += lcyc.eq(lcyc + 1)
         o = Signal(17)
-        pv = Signal()
-        po = Signal(17)
-        m.d.sync += pv.eq(0)
+        # the channel store's records arrive MEM_LATENCY cycles after their address
+        pvs = [Signal(name=f"pv{k}") for k in range(MEM_LATENCY)]
+        pos = [Signal(17, name=f"po{k}") for k in range(MEM_LATENCY)]
+        pv0, pv, po0, po = pvs[0], pvs[-1], pos[0], pos[-1]
+        m.d.sync += pv0.eq(0)
+        m.d.sync += [pvs[k].eq(pvs[k - 1]) for k in range(1, MEM_LATENCY)]
+        m.d.sync += [pos[k].eq(pos[k - 1]) for k in range(1, MEM_LATENCY)]
         m.d.comb += self.ch_addr.eq(d.ch_base + Mux(d.ch_step, o, 0))
         m.d.comb += [self.p_en.eq(pv), self.p_addr.eq(po),
                      self.p_data.m.eq(self.ch_data[32:56]), self.p_data.e.eq(self.ch_data[56:62])]
@@ -125,7 +129,7 @@ class Sequencer(wiring.Component):
                 # and its place-table entry (every layer)
                 m.d.comb += self.ch_sel.eq(1)
                 with m.If(o < d.out_c):
-                    m.d.sync += [pv.eq(d.kind == 0), po.eq(o), o.eq(o + 1),
+                    m.d.sync += [pv0.eq(d.kind == 0), po0.eq(o), o.eq(o + 1),
                                  self.pt_en.eq(1), self.pt_addr.eq(o),
                                  pdat.eq(d.out_post + Mux(d.sh_g != 0, rg + q, d.out_pre + o)),
                                  r.eq(r + 1), rg.eq(rg + d.sh_g), og.eq(og + 1),
