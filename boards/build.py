@@ -226,6 +226,11 @@ def build_bitstream(top, board: Board | str, clock_mhz: float, outdir, *,
                      f"retrying at {lower:g} MHz")
         attempts.append({"clock_mhz": clock, "fmax_mhz": res.fmax_mhz, "timing_met": False,
                          "stage_seconds": dict(res.stage_seconds)})
+        # keep this attempt's timing report and logs: the retry writes the same names
+        n = len(attempts)
+        for name in ("top.tim", "top.report.json", "top.rpt", "nextpnr.log", "yosys.log"):
+            if (outdir / name).exists():
+                (outdir / name).replace(outdir / f"attempt{n}.{name}")
         clock = lower
     (outdir / "build.json").write_text(json.dumps(res.to_dict(), indent=2, default=str))
     say("done", f"{'synthesis' if synth_only else 'build'} finished in {res.build_seconds:.1f} s")

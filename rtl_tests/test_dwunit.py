@@ -1,22 +1,23 @@
 """Run-time-configurable depthwise unit (hwgen.hw.dwunit.DwUnit) against hwgen.golden.ops.conv2d.
 
-A bench component (:class:`DwBench`) holds the unit's three memories (byte-wide arena, tap
-memory, 64-bit channel store, all with a read latency of 1 or 2 cycles: 2 = one more register
-on each read data) behind one load port and exposes the write requests. Each run loads two
-layers into disjoint regions (inputs at ``in_addr > 0`` with a pitch larger than the channel
-count, taps at ``w_base``, records at ``ch_base``), starts them back to back (the second in the
-cycle after ``done``), captures every write request and checks that each (pix, ch) is written
-exactly once with the int8 value of ``ops.conv2d`` (random tensors, weights, biases,
-per-channel scales sized so that the outputs spread over many codes, x_zp/y_zp, clamp ranges).
+A bench component (:class:`DwBench`) holds the unit's three memories (byte-wide arena, tap memory,
+64-bit channel store, all with a read latency of 1..4 cycles: ``mem_latency - 1`` more registers on
+each read data) behind one load port and exposes the write requests. Each run loads two layers into
+disjoint regions (inputs at ``in_addr > 0`` with a pitch larger than the channel count, taps at
+``w_base``, records at ``ch_base``), starts them back to back (the second in the cycle after
+``done``), captures every write request and checks that each (pix, ch) is written exactly once with
+the int8 value of ``ops.conv2d`` (random tensors, weights, biases, per-channel scales sized so that
+the outputs spread over many codes, x_zp/y_zp, clamp ranges).
 The cycle count of every layer (start to done) is checked against the streaming goal.
 
-Every case runs with ``mem_latency`` 1 and 2 (unit and bench memories matching).
-Fast tier: two Verilator builds (cocotb_dwunit, one per latency) running every geometry
-(12 layers in 6 back-to-back pairs: stride 1, 2 and 1x2, padding (1,1,1,1), (0,0,1,1),
-(1,0,1,1) and none, 6x6 .. 12x12, 9x16, 2x3, 1x1, 1..8 channels); Amaranth-simulator runs of
-a small layer pair, of the same pair through a unit that pads with 0 instead of ``x_zp``
-(must fail), through a mem_latency=1 unit against 2-cycle memories (must fail), and of a
-real MobileNet depthwise layer (descriptor and weight stores from hwgen.hw.layer_io).
+Every case runs with ``mem_latency`` 1, 2 and 4 (unit and bench memories matching; the small
+simulator pair also with 3). Fast tier: three Verilator builds (cocotb_dwunit, one per latency)
+running every geometry (12 layers in 6 back-to-back pairs: stride 1, 2 and 1x2, padding
+(1,1,1,1), (0,0,1,1), (1,0,1,1) and none, 6x6 .. 12x12, 9x16, 2x3, 1x1, 1..8 channels);
+Amaranth-simulator runs of a small layer pair, of the same pair through a unit that pads with 0
+instead of ``x_zp`` (must fail), through units whose mem_latency differs from the memories' (1
+vs 2, 2 vs 4, 4 vs 3: must fail), and of a real MobileNet depthwise layer (descriptor and
+weight stores from hwgen.hw.layer_io).
 """
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ MAX_WIDTH = 16
 class DwBench(wiring.Component):
     """DwUnit + arena / tap / channel-store memories; ``ld_*`` writes memory ``ld_sel``
     (0 arena, 1 taps, 2 channel store). The memories' read latency is ``mem_latency``
-    (default: the unit's ``unit_latency``); 2 adds a register on each read data."""
+    (default: the unit's ``unit_latency``); each cycle above 1 adds a register on each read
+    data."""
 
     def __init__(self, max_width=MAX_WIDTH, bug=None, unit_latency=1, mem_latency=None):
         self.unit = DwUnit(max_width, 64, use_primitive=False, mem_latency=unit_latency,
@@ -212,7 +214,7 @@ def run_pysim(run, bug=None, max_width=MAX_WIDTH, latency=1, mem_latency=None):
 SMALL = [(5, 4, 3, 1, S_SAME), (6, 6, 2, 2, TF_S2)]
 
 
-@pytest.mark.parametrize("latency", [1, 2])
+@pytest.mark.parametrize("latency", [1, 2, 3, 4])
 def test_dwunit_pysim_small(latency):
     run = make_run(np.random.default_rng(7), SMALL)
     for layer, writes, cycles in run_pysim(run, latency=latency):
@@ -220,11 +222,13 @@ def test_dwunit_pysim_small(latency):
         assert cycles <= cycle_budget(layer["fields"]), (layer["name"], cycles)
 
 
-def test_dwunit_latency_mismatch_is_caught():
-    """A mem_latency=1 unit against memories of read latency 2 must fail bit-exactness."""
+@pytest.mark.parametrize("unit_lat, mem_lat", [(1, 2), (2, 4), (4, 3)])
+def test_dwunit_latency_mismatch_is_caught(unit_lat, mem_lat):
+    """A unit whose mem_latency differs from its memories' read latency must fail
+    bit-exactness."""
     run = make_run(np.random.default_rng(7), SMALL)
     with pytest.raises(AssertionError, match="Arrays are not equal"):
-        for layer, writes, cycles in run_pysim(run, latency=1, mem_latency=2):
+        for layer, writes, cycles in run_pysim(run, latency=unit_lat, mem_latency=mem_lat):
             check_layer(layer, writes, cycles)
 
 
@@ -236,16 +240,16 @@ def test_dwunit_pad_zero_bug_is_caught():
             check_layer(layer, writes, cycles)
 
 
-# -- Verilator: every geometry, one build --------------------------------------------------------
+# -- Verilator: every geometry, one build per latency ----------------------------------------------
 
-@pytest.mark.parametrize("latency", [1, 2])
+@pytest.mark.parametrize("latency", [1, 2, 4])
 def test_dwunit_verilator(tmp_path, latency):
     rng = np.random.default_rng(2026)
     runs = [make_run(rng, g) for g in RUNS]
     result = tmp_path / "cycles.json"
     harness.run(DwBench(unit_latency=latency), toplevel="dwbench", test_module="cocotb_dwunit",
                 config={"runs": runs, "result": str(result)},
-                build_name="dwunit" if latency == 1 else "dwunit_lat2")
+                build_name="dwunit" if latency == 1 else f"dwunit_lat{latency}")
     measured = json.loads(result.read_text())
     fields = {lay["name"]: lay for r in runs for lay in r["layers"]}
     assert len(measured) == sum(len(r["layers"]) for r in runs)
@@ -273,7 +277,7 @@ def random_geoms(rng, n):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("latency", [1, 2])
+@pytest.mark.parametrize("latency", [1, 2, 4])
 def test_dwunit_verilator_random(tmp_path, latency):
     """Random geometries (strides, asymmetric and cropping paddings) through the same build."""
     rng = np.random.default_rng(11)
@@ -283,7 +287,7 @@ def test_dwunit_verilator_random(tmp_path, latency):
     harness.run(DwBench(unit_latency=latency), toplevel="dwbench", test_module="cocotb_dwunit",
                 config={"runs": runs, "result": str(result)},
                 # own build dirs: test-all runs tiers in parallel
-                build_name="dwunit_random" if latency == 1 else "dwunit_random_lat2")
+                build_name="dwunit_random" if latency == 1 else f"dwunit_random_lat{latency}")
     fields = {lay["name"]: lay["fields"] for r in runs for lay in r["layers"]}
     measured = json.loads(result.read_text())
     assert len(measured) == len(geoms)
@@ -291,7 +295,7 @@ def test_dwunit_verilator_random(tmp_path, latency):
         assert cycles <= cycle_budget(fields[name]), (name, cycles)
 
 
-@pytest.mark.parametrize("latency", [1, 2])
+@pytest.mark.parametrize("latency", [1, 2, 4])
 def test_dwunit_real_mobilenet_layer(latency):
     """A depthwise layer of a real plan: the descriptor from layer_io.layer_descriptors and
     the tap bytes / channel records from layer_io.weight_stores (relocated into the bench),

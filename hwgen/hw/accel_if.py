@@ -32,7 +32,7 @@ from amaranth.utils import ceil_log2
 __all__ = ["AccelParams", "AccelSignature", "FakeAccelerator", "fake_logits", "OUT_LATENCY"]
 
 #: Cycles from ``out_addr`` to its logit on ``out_data``.
-OUT_LATENCY = 2
+OUT_LATENCY = 4
 
 
 @dataclass(frozen=True)

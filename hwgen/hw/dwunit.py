@@ -40,15 +40,22 @@ registered BRAM output -> window shift -> mask/weight select into the multiplier
 registers -> 3 multiplier stages -> 4 adder-tree levels -> requantiser (18) -> write request.
 Cycles per layer (start to done): ``C*H*W + W + 45`` or less (setup, first parameter load,
 flush beats, pipeline latency; no per-channel overhead), e.g. 1209 for 12x12x8 and 2108 for
-MobileNet-0.25's 16x16x8 ``dw2`` (rtl_tests/test_dwunit.py); ``mem_latency=2`` (memories with
-a 2-cycle read latency, e.g. DP16KD with the output register) adds one pipeline stage behind
-each read port and one or two cycles per layer. Planes under 9 pixels stall on
-the parameter loader (9 cycles per channel: the tap memory gives one byte per cycle).
+MobileNet-0.25's 16x16x8 ``dw2`` (rtl_tests/test_dwunit.py); ``mem_latency=L`` (memories with
+an L-cycle read latency, L in 1..4: DP16KD with the output register, plus fabric registers
+around the row multiplexer of a memory spread over the chip) adds L - 1 stages behind each
+read port and exactly L - 1 cycles per layer (1212 for 12x12x8 with L = 4): the loader's
+data stage moves by L - 1 too, and every loader / register-set timing margin stays the same.
+Planes under 9 pixels stall on the parameter loader (9 cycles per channel: the tap memory
+gives one byte per cycle).
 
 Resources (yosys synth_ecp5, max_width=128, max_channels=256): 13 MULT18X18D (9 taps + 4
 requantiser), 2 DP16KD (line buffers), 8 TRELLIS_DPR16X4, about 1735 LUT4 + 693 CCU2C and
 2685 FF (mem_latency=1) / 1741 LUT4 + 693 CCU2C and 2710 FF (mem_latency=2); nextpnr-ecp5 out of
 context on the 85F, seeds 1-3: 137.7-138.7 MHz (mem_latency=1), 134.1-144.2 MHz (mem_latency=2).
+mem_latency=4: 1771 LUT4 + 693 CCU2C, 2760 FF, 129.4-137.0 MHz with the loader's old compares
+(li + 1 <= cm1, li <= freed + 1: the critical path); with li < cm1 and a freed_p1 register,
+1755 LUT4 + 700 CCU2C, 2777 FF, 139.2-149.2 MHz (critical path now the stream's dist counter);
+the same code at mem_latency=1: 1784 LUT4 + 701 CCU2C, 2702 FF, 133.7-136.6 MHz (dist counter).
 """
 from __future__ import annotations
 
@@ -108,11 +115,12 @@ class DwUnit(wiring.Component):
     use_primitive : bool or None
         MULT18X18D instances (True), behavioural multipliers (False), or by platform (None).
     mem_latency : int
-        Read latency (1 or 2) of all three read ports (arena, taps, channel store): the data
+        Read latency (1..4) of all three read ports (arena, taps, channel store): the data
         for an address presented in cycle t is expected in cycle t + mem_latency (memories
-        always enabled, never stalled). 2 suits DP16KD with the output register on; the
-        unit's own pipeline simply gets one more stage (same throughput, one cycle more
-        latency per layer).
+        always enabled, never stalled). 2 suits DP16KD with the output register on, 3 / 4 a
+        memory with fabric registers around its row multiplexer; the unit's stream pipeline
+        simply gets mem_latency - 1 more stages and the loader's data stage moves with it
+        (same throughput, one cycle more per layer per extra stage).
 
     Members
     -------
@@ -134,8 +142,8 @@ class DwUnit(wiring.Component):
             raise ValueError(f"DwUnit max_width must be an int in 2..16384, got {max_width!r}")
         if not isinstance(max_channels, int) or not 1 <= max_channels < 1 << 16:
             raise ValueError(f"DwUnit max_channels must be in 1..65535, got {max_channels!r}")
-        if mem_latency not in (1, 2) or isinstance(mem_latency, bool):
-            raise ValueError(f"DwUnit mem_latency must be 1 or 2, got {mem_latency!r}")
+        if mem_latency not in (1, 2, 3, 4) or isinstance(mem_latency, bool):
+            raise ValueError(f"DwUnit mem_latency must be 1..4, got {mem_latency!r}")
         if _inject_bug not in _BUGS:
             raise ValueError(f"_inject_bug must be one of {_BUGS}")
         self.max_width, self.max_channels = max_width, max_channels
@@ -159,7 +167,7 @@ class DwUnit(wiring.Component):
         d = self.desc
         xb = max(1, ceil_log2(self.max_width))
         L = self.mem_latency
-        x = L - 1               # extra stages behind every read port (0 or 1)
+        x = L - 1               # extra stages behind every read port (0..3)
 
         # ---- per-layer constants, computed continuously from desc (valid SETUP cycles
         # after desc settles); no multiplication, every stage registered ----------------------
@@ -214,32 +222,39 @@ class DwUnit(wiring.Component):
         li = Signal(16)         # channel being read (next to read when idle)
         lact = Signal()
         lk = Signal(4)
-        lv1, lk1, li1 = Signal(), Signal(4), Signal(16)
         tptr, cptr = Signal(24), Signal(24)
         freed = Signal(16)      # channels whose last window the multipliers took
+        freed_p1 = Signal(17)   # freed + 1, its own register (no adder before the compares)
         m.d.comb += [self.t_addr.eq(tptr), self.c_addr.eq(cptr)]
         wset = [[Signal(signed(8), name=f"w{s}_{t}") for t in range(9)] for s in range(2)]
         bset = [Signal(signed(32), name=f"bias{s}") for s in range(2)]
-        if L == 1:
-            m.d.sync += [lv1.eq(lact), lk1.eq(lk), li1.eq(li)]
-            ld_v, ld_i = lv1 & (lk1 == 8), li1
-        else:
-            lv0, lk0, li0 = Signal(), Signal(4), Signal(16)
-            m.d.sync += [lv0.eq(lact), lk0.eq(lk), li0.eq(li),
-                         lv1.eq(lv0), lk1.eq(lk0), li1.eq(li0)]
-            # ld_ch counts the channel one cycle after its last address, whatever the
-            # latency (as with L = 1): its data (register sets, requantiser ring) lands
-            # L - 1 cycles later, still at least 5 cycles before the stream's first window
-            # of the channel reaches the multipliers (ok -> go -> S5 + x)
-            ld_v, ld_i = lv0 & (lk0 == 8), li0
+        # issue state delayed by 1 .. L cycles: stage 1 keeps the whole channel index (for
+        # ld_ch), later stages only the two bits the register sets / ring slots need
+        lvd, lkd, lid = [lact], [lk], [li]
+        for k in range(1, L + 1):
+            lvk, lkk = Signal(name=f"lv_d{k}"), Signal(4, name=f"lk_d{k}")
+            lik = Signal(16 if k == 1 else 2, name=f"li_d{k}")
+            m.d.sync += [lvk.eq(lvd[-1]), lkk.eq(lkd[-1]), lik.eq(lid[-1][:len(lik)])]
+            lvd.append(lvk), lkd.append(lkk), lid.append(lik)
+        lv1, lk1, li1 = lvd[L], lkd[L], lid[L]      # data stage (t_data / c_data valid)
+        # ld_ch counts the channel one cycle after its last address, whatever the latency
+        # (stage 1); its data (last tap, bias, requantiser ring slot) lands L - 1 cycles later.
+        # RAW: ld_ch visible in cycle A; ok in A + 1, the first go of the channel at A + 1 at
+        # the earliest, its first window at the multiplier inputs (S5 + x) in A + 6 + x; the
+        # last tap / bias registers hold the new values from A + x on (ring slot written at
+        # the end of A + x - 1, read by the requantiser much later): 6 cycles of margin, the
+        # same for every latency since both sides move with x
+        ld_v, ld_i = lvd[1] & (lkd[1] == 8), lid[1]
         with m.If(ld_v):
             m.d.sync += ld_ch.eq(ld_i + 1)
         # channel n may load once the multipliers took the last window of channel n - 2
         # (its register set is free)
         # registered decisions (freed only grows: a stale value only delays a load):
         # may_r "channel li may load" for the next cycle, nxt_r "channel li + 1 may load"
-        c_cur = (li <= cm1) & (li <= freed + 1)
-        c_nxt = (li + 1 <= cm1) & (li <= freed)
+        # (li + 1 <= cm1 written li < cm1, freed + 1 kept in freed_p1: compares only, the
+        # loader decision is the unit's critical path)
+        c_cur = (li <= cm1) & (li <= freed_p1)
+        c_nxt = (li < cm1) & (li <= freed)
         may_r, nxt_r = Signal(), Signal()
         m.d.sync += [may_r.eq(Mux(lact & (lk == 8), c_nxt, c_cur)), nxt_r.eq(c_nxt)]
         with m.If(lact):
@@ -292,7 +307,8 @@ class DwUnit(wiring.Component):
 
         with m.If(self.start):     # the loader starts at once, the stream after the setup
             m.d.sync += [busy.eq(1), run.eq(0), setup.eq(self.SETUP), lrun.eq(1), ld_ch.eq(0),
-                         li.eq(0), lact.eq(0), tptr.eq(d.w_base), cptr.eq(d.ch_base), freed.eq(0)]
+                         li.eq(0), lact.eq(0), tptr.eq(d.w_base), cptr.eq(d.ch_base), freed.eq(0),
+                         freed_p1.eq(1)]
         with m.Elif(setup != 0):
             m.d.sync += setup.eq(setup - 1)
             with m.If(setup == 1):
@@ -332,9 +348,9 @@ class DwUnit(wiring.Component):
                 m.d.sync += [dist.eq(dist - 1), emit.eq(dist == 1)]
 
         # ---- metadata pipeline: issue -> S1 (arena data) -> S2 (line buffer) -> S3 (BRAM
-        # out) -> S4 (window shift) -> S5 (window, multiplier inputs); with mem_latency = 2
-        # the arena data arrives one cycle later and every stage from S2 on is one later
-        # (index + x) --------------------------------------------------------------------------
+        # out) -> S4 (window shift) -> S5 (window, multiplier inputs); with mem_latency = L
+        # the arena data arrives x = L - 1 cycles later and every stage from S2 on is x
+        # later (index + x) ------------------------------------------------------------------------
         def chain(value, n, name):
             out = [value]
             for k in range(1, n + 1):
@@ -364,7 +380,7 @@ class DwUnit(wiring.Component):
         m.d.comb += xl_i.eq(x_last)
         xl = chain(xl_i, 2 + x, "xl")
 
-        # S1 (S2 with mem_latency = 2) -> S2: arena byte registered, zero point subtracted
+        # S1 + x (arena data) -> S2 + x: arena byte registered, zero point subtracted
         d2 = Signal(signed(8))
         m.d.sync += d2.eq(self.rd_data)
         val2 = Signal(signed(9))
@@ -397,12 +413,16 @@ class DwUnit(wiring.Component):
 
         # ---- S5: multipliers (window cell x tap), adder tree with the bias ------------------
         e5, og5, rm5, cm5 = e[5 + x], ogc[5 + x], rm[5 + x], cm[5 + x]
-        # freed from stage 5 whatever the latency (as with L = 1): with L = 2 that is one
-        # cycle before the multipliers take the window, but the loader's first write into
-        # the freed register set lands L + 3 cycles after freed (freed -> may_r -> lact ->
-        # address -> L -> register), so the set is still read before it is overwritten
+        # freed from stage 5 whatever the latency: x cycles before the multipliers take
+        # channel n's last window (cycle T + x when el[5] is high in T). WAR on the register
+        # set: freed visible T + 1 -> may_r / nxt_r T + 2 -> first tap address of channel
+        # n + 2 at T + 3 at the earliest -> data T + 3 + L -> set changes from T + 4 + L =
+        # T + x + 5 on: 5 cycles after its last read, for every latency. WAR on the
+        # requantiser ring (4 slots, channel n + 2 writes the slot of n - 2): written at the
+        # end of T + 11 + L; channel n - 2's last window (at least two windows earlier)
+        # reaches the requantiser's parameter read (S1 after stage 12 + x) by T + x + 6
         with m.If(el[5]):
-            m.d.sync += freed.eq(ogc[5] + 1)
+            m.d.sync += [freed.eq(ogc[5] + 1), freed_p1.eq(ogc[5] + 2)]
         sel = og5[0]
         prods = []
         for i in range(3):

@@ -49,7 +49,7 @@ KIND_ARRAY, KIND_MAXPOOL, KIND_ADD, KIND_AVGPOOL, KIND_DW = 0, 1, 2, 3, 4
 #: output register, a register per block before the row multiplexer, one after it
 #: (:class:`hwgen.hw.bram.BlockRam` ``latency=4``): a memory spread over the whole chip
 #: is crossed in cycles of its own.
-MEM_LATENCY = 2
+MEM_LATENCY = 4
 _ADD_CFG = _add.CONFIG_LAYOUT
 #: Weight source of a layer: weight-store words, depthwise tap bytes, constant 1 (pooling).
 MODE_WORD, MODE_DW, MODE_ONES = 0, 1, 2
