@@ -39,12 +39,16 @@ def bench(name: str, device: str = "85F") -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("networks", nargs="*", default=list(NETWORKS), choices=list(NETWORKS))
+    ap.add_argument("networks", nargs="*",
+                    help=f"networks to run, of {', '.join(NETWORKS)} (default: all four)")
     ap.add_argument("--device", default="85F")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    bad = [n for n in args.networks if n not in NETWORKS]
+    if bad:
+        ap.error(f"unknown network(s) {', '.join(bad)}: choose from {', '.join(NETWORKS)}")
     rows = []
-    for n in args.networks:
+    for n in args.networks or list(NETWORKS):
         print(f"[bench] {n} ...", file=sys.stderr, flush=True)
         rows.append(bench(n, args.device))
     out = Path(__file__).parent / "results"
