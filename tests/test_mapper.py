@@ -291,7 +291,10 @@ def test_cycle_model_formulas():
     # (MobileNet dw14, 256 x 3x3: 3,758 measured; ShuffleNet stage 4, 120 x 2x2: 1,486)
     assert cost.dw_layer_cycles(256, 3, 3) == 128 * (9 + 18) + 3 + cost.DW_LATENCY + 256 + seq
     assert cost.dw_layer_cycles(120, 2, 2) == 60 * (4 + 18) + 2 + cost.DW_LATENCY + 120 + seq
-    assert cost.maxpool_cycles(24, 16, 16, 3, 3) == 24 * 256 * 12 + cost.MAXPOOL_LATENCY + 24 + seq
+    from hwgen.hw.layer_io import MEM_LATENCY
+    assert cost.MAXPOOL_EXTRA == 2 * MEM_LATENCY + 1            # hw/layer_io.MaxPoolUnit
+    assert cost.maxpool_cycles(24, 16, 16, 3, 3) == (24 * 256 * (9 + 2 * MEM_LATENCY + 1)
+                                                     + cost.MAXPOOL_LATENCY + 24 + seq)
     assert cost.add_cycles(60, 8, 8) == 2 * 60 * 64 + cost.ADD_LATENCY + 60 + seq
     assert cost.avg_interval() == 30                       # hw/pool.py, 3 quotient bits a cycle
     assert cost.avgpool_cycles(24, 17, 17, 8, 8) == 24 * 64 * 30 + cost.AVGPOOL_LATENCY + 24 + seq

@@ -49,7 +49,8 @@ ChannelSlice) cost 0.
 * **Depthwise unit** (1 lane, 3x3): streams the channels' planes one byte per cycle,
   ``c * max(h*w + DW_CH_OVERHEAD, (h*w + DW_LOADER_CYCLES) / 2) + w + DW_LATENCY``
   (:func:`dw_layer_cycles`; small planes wait for the per-channel parameter loader).
-* **Max pool** (serial): ``kh*kw + 3`` cycles per output element (``MAXPOOL_EXTRA``).
+* **Max pool** (serial): ``kh*kw + 2*MEM_LATENCY + 1`` cycles per output element
+  (``MAXPOOL_EXTRA``).
 * **Add** (one lane): both operands through the arena's single read port, 2 cycles per
   element, plus ``ADD_LATENCY``.
 * **Average pool** (:class:`hwgen.hw.pool.PoolUnit`, one lane, channel planes back to back):
@@ -128,8 +129,9 @@ DW_LOADER_CYCLES = 18
 #: Depthwise unit: setup, first parameter load, pipeline latency (multipliers, adder tree,
 #: requantiser) per layer.
 DW_LATENCY = 45
-#: Max-pool unit: cycles per output element beyond its kh*kw taps (LAST, TAB, WRITE).
-MAXPOOL_EXTRA = 3
+#: Max-pool unit: cycles per output element beyond its kh*kw taps: the last tap's read and
+#: the rescale-table read (MEM_LATENCY each, hw/layer_io.MaxPoolUnit), WRITE.
+MAXPOOL_EXTRA = 2 * 4 + 1
 #: Max-pool unit: start and placer latency.
 MAXPOOL_LATENCY = 5
 #: Add unit: read pipeline, FIFO, hw/add.py Adder.LATENCY (30), placer.
