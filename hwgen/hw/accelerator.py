@@ -177,7 +177,6 @@ class Accelerator(wiring.Component):
                              wu.rd_data.eq(a_r.data)]
         for u in (patch, wfeed, bfeed, writer):
             m.d.comb += [u.desc.eq(d), u.start.eq(seq.run_start & on_array)]
-        m.d.comb += [wfeed.tiles.eq(d.tiles), bfeed.tiles.eq(d.tiles)]
         wiring.connect(m, patch.o_stream, sconv.a_stream)
         wiring.connect(m, wfeed.o_stream, sconv.w_stream)
         wiring.connect(m, bfeed.o_stream, sconv.b_stream)

@@ -401,7 +401,7 @@ class WeightFeeder(wiring.Component):
 
     Members
     -------
-    desc, start, done: as :class:`PatchFeeder`. tiles: In(24), pixel tiles of the layer.
+    desc, start, done: as :class:`PatchFeeder` (pixel tiles: ``desc.tiles_m1 + 1``).
     w_addr / w_data: weight-store read port; t_addr / t_data: depthwise tap-memory read port.
     o_stream: Out(stream of ArrayLayout(signed(8), cols)).
     """
@@ -410,7 +410,7 @@ class WeightFeeder(wiring.Component):
     def __init__(self, cols: int):
         self.cols = cols
         super().__init__({
-            "desc": In(DESC), "start": In(1), "done": Out(1, init=1), "tiles": In(24),
+            "desc": In(DESC), "start": In(1), "done": Out(1, init=1),
             "w_addr": Out(24), "w_data": In(8 * cols), "t_addr": Out(24), "t_data": In(signed(8)),
             "o_stream": Out(stream.Signature(data.ArrayLayout(signed(8), cols))),
         })
@@ -462,7 +462,7 @@ class BiasFeeder(wiring.Component):
 
     Members
     -------
-    desc, start, done, tiles: as :class:`WeightFeeder`.
+    desc, start, done: as :class:`WeightFeeder`.
     rd_addr: Out(24), rd_data: In(64): channel-store read port.
     o_stream: Out(stream of ArrayLayout(signed(32), cols)).
     """
@@ -470,7 +470,7 @@ class BiasFeeder(wiring.Component):
     def __init__(self, cols: int):
         self.cols = cols
         super().__init__({
-            "desc": In(DESC), "start": In(1), "done": Out(1, init=1), "tiles": In(24),
+            "desc": In(DESC), "start": In(1), "done": Out(1, init=1),
             "rd_addr": Out(24), "rd_data": In(64),
             "o_stream": Out(stream.Signature(data.ArrayLayout(signed(32), cols))),
         })
