@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 from amaranth import Module
-from amaranth.lib import wiring
+from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from hwgen.hw.credit import CreditFifo
 from hwgen.hw.im2col import Im2col, Im2colParams
 from hwgen.hw.systolic import SystolicArray, SystolicConv, SystolicParams
 from rtl_tests import harness
@@ -32,7 +33,10 @@ class SystolicTop(wiring.Component):
     def __init__(self, sp: SystolicParams, ip: Im2colParams | None):
         self.sp, self.ip = sp, ip
         self.sa = SystolicArray(sp)
-        ports = {k: v for k, v in self.sa.signature.members.items()}
+        ports = {k: v for k, v in self.sa.signature.members.items() if k != "o_allow"}
+        # the array drains with credits (no backpressure): a CreditFifo turns its output
+        # into an ordinary stream the testbench stalls at random
+        ports["o_stream"] = Out(stream.Signature(sp.out_layout))
         if ip is not None:
             if sp.in_lanes != 1:
                 raise ValueError("im2col feeds an array with in_lanes=1")
@@ -47,8 +51,11 @@ class SystolicTop(wiring.Component):
         m.submodules.sa = sa = self.sa
         for name in ("w_stream", "b_stream"):
             wiring.connect(m, wiring.flipped(getattr(self, name)), getattr(sa, name))
-        wiring.connect(m, sa.o_stream, wiring.flipped(self.o_stream))
-        m.d.comb += [sa.cfg.eq(self.cfg), self.busy.eq(sa.busy)]
+        m.submodules.ofifo = cf = CreditFifo(self.sp.out_layout, 8, lag=2)
+        m.d.comb += [sa.o_allow.eq(cf.allow), cf.issue.eq(sa.o_stream.valid),
+                     cf.w_en.eq(sa.o_stream.valid), cf.w_data.eq(sa.o_stream.payload)]
+        wiring.connect(m, cf.o_stream, wiring.flipped(self.o_stream))
+        m.d.comb += [sa.cfg.eq(self.cfg), self.busy.eq(sa.busy | cf.busy)]
         if self.ip is None:
             wiring.connect(m, wiring.flipped(self.a_stream), sa.a_stream)
             return m

@@ -54,8 +54,10 @@ valid. Loading a pixel tile takes ``nrows * ceil(groups*K/L)`` cycles and overla
 previous tile's ``groups * otiles * K`` compute cycles, so the array is compute bound when
 ``otiles * L >= R`` (e.g. 64 -> 64 channels on 8 x 8 with L = 2). Latency from a tile's last
 beat to its first output beat: 8 cycles (activation RAM with output register: 2,
-x - x_zp: 1, MULT18X18D: 3, accumulate: 1, output register: 1; a skid register absorbs one
-beat of o_stream backpressure). A layer's first beat waits one extra cycle (cfg sampling).
+x - x_zp: 1, MULT18X18D: 3, accumulate: 1, output register: 1). The output has no
+backpressure: the consumer hands out credits (``o_allow``, :class:`hwgen.hw.credit.CreditFifo`)
+and a row drains only with one, so no ready signal reaches the array's wide registers.
+A layer's first beat waits one extra cycle (cfg sampling).
 Measured (cocotb, no stalls, 1x1 conv 64 -> 64 on 8x8 pixels, whole layer incl. first load
 and last drain): 4 x 4, L = 1: 98.4 % of peak; 8 x 8, L = 2: 93.8 %; 3 x 5, L = 1: 94.5 %.
 """
@@ -70,6 +72,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
+from .credit import CreditFifo
 from .dsp import Mult18, use_primitive_for
 
 __all__ = ["SystolicParams", "SystolicLayer", "SystolicArray", "SystolicConv", "ByteRam",
@@ -345,9 +348,14 @@ class SystolicArray(wiring.Component):
     b_stream : In(stream.Signature(ArrayLayout(signed(32), C)))
         Biases, one beat per output tile, prefetched into a register one tile ahead (the
         accumulators start from it).
-    o_stream : Out(stream.Signature(params.out_layout))
+    o_stream : Out(stream.Signature(params.out_layout, always_ready=True))
         ``acc[c] = sum((x - x_zp) * w) + bias`` (int32 wrap-around) of output channel
-        ``ch + c`` at output pixel ``pix``, one pixel row per beat.
+        ``ch + c`` at output pixel ``pix``, one pixel row per beat; no ready: a beat is
+        taken the cycle it is valid.
+    o_allow : In(1)
+        Credit from the consumer: a row leaves in cycle ``t + 2`` only if ``o_allow`` was
+        high in cycle ``t`` (:class:`hwgen.hw.credit.CreditFifo` with ``lag=2`` counting
+        ``o_stream.valid``).
     busy : Out(1)
         A tile is loaded, in flight or draining.
     """
@@ -362,7 +370,8 @@ class SystolicArray(wiring.Component):
             "a_stream": In(stream.Signature(data.ArrayLayout(signed(8), p.in_lanes))),
             "w_stream": In(stream.Signature(data.ArrayLayout(signed(8), p.cols))),
             "b_stream": In(stream.Signature(data.ArrayLayout(ACC, p.cols))),
-            "o_stream": Out(stream.Signature(p.out_layout)),
+            "o_stream": Out(stream.Signature(p.out_layout, always_ready=True)),
+            "o_allow": In(1),
             "busy": Out(1),
         })
 
@@ -589,13 +598,15 @@ class SystolicArray(wiring.Component):
         sh_rows = Signal(range(R + 1))    # rows left to drain
         sh_ch = Signal(p.ch_bits)
         sh_pix = Signal(ceil_log2(p.max_pixels + 1))
-        # shadow row -> o_stream through a skid register, so that `move` depends on
-        # registers only (not on o_stream.ready)
+        # no backpressure: a row leaves in a cycle when the consumer allowed it the cycle
+        # before (o_allow, a credit: see hwgen.hw.credit); the output register loads every
+        # cycle (no enable), o_stream.valid marks the cycles that carry a row
         o = self.o_stream
-        o_valid, sk_valid = Signal(), Signal()
-        o_data, sk_data, in_data = Signal(p.out_layout), Signal(p.out_layout), Signal(p.out_layout)
+        allow_r = Signal()
+        m.d.sync += allow_r.eq(self.o_allow)
+        o_valid, o_data, in_data = Signal(), Signal(p.out_layout), Signal(p.out_layout)
         m.d.comb += [o.valid.eq(o_valid), o.payload.eq(o_data)]
-        move = (sh_rows != 0) & ~sk_valid
+        move = (sh_rows != 0) & allow_r
         load = dly.valid & dly.last
         with m.If(dly.valid & dly.first):   # the tile's first beat took bias_r
             m.d.sync += [bias_ok.eq(0), bias_used.eq(0)]
@@ -606,28 +617,18 @@ class SystolicArray(wiring.Component):
             m.d.sync += [sh_rows.eq(sh_rows - 1), sh_pix.eq(sh_pix + 1)]
         # the shadow shifts up one row per drained row: row 0 is always the next one (no
         # wide row multiplexer); row r shifts when `move & (sh_rows > r)`, computed one
-        # cycle ahead from the next-state values into a register per row (short, local
-        # enable nets instead of one wide one)
+        # cycle ahead (from o_allow and the next sh_rows) into a register per row: short,
+        # local enable nets instead of one wide one
         sh_rows_n = Signal.like(sh_rows)
-        sk_valid_n = Signal()
-        m.d.comb += [sh_rows_n.eq(Mux(load, dly.nrows, Mux(move, sh_rows - 1, sh_rows))),
-                     sk_valid_n.eq(~(~o_valid | o.ready) & (sk_valid | move))]
-        m.d.sync += [row_shift[r].eq(~sk_valid_n & (sh_rows_n > r)) for r in range(R)]
+        m.d.comb += sh_rows_n.eq(Mux(load, dly.nrows, Mux(move, sh_rows - 1, sh_rows)))
+        m.d.sync += [row_shift[r].eq(self.o_allow & (sh_rows_n > r)) for r in range(R)]
         m.d.comb += [in_data.acc[c].eq(shadow[0][c]) for c in range(C)]
         m.d.comb += [in_data.ch.eq(sh_ch), in_data.pix.eq(sh_pix)]
-        with m.If(~o_valid | o.ready):
-            with m.If(sk_valid):
-                m.d.sync += [o_data.eq(sk_data), o_valid.eq(1), sk_valid.eq(0)]
-            with m.Else():
-                m.d.sync += o_valid.eq(move)
-                with m.If(move):
-                    m.d.sync += o_data.eq(in_data)
-        with m.Elif(move):
-            m.d.sync += [sk_data.eq(in_data), sk_valid.eq(1)]
+        m.d.sync += [o_valid.eq(move), o_data.eq(in_data)]
         with m.If(move & (sh_rows == 1)):
             m.d.sync += pending.eq(0)
 
-        m.d.comb += self.busy.eq(full[0] | full[1] | pending | o_valid | sk_valid | (wr_row != 0)
+        m.d.comb += self.busy.eq(full[0] | full[1] | pending | o_valid | (wr_row != 0)
                                  | (wr_beat != 0) | ~w_fresh)
         return m
 
@@ -727,17 +728,24 @@ class SystolicConv(wiring.Component):
     o_stream : Out(stream.Signature(StructLayout{y: C x int8, ch, pix}))
     """
 
+    #: Output FIFO entries: the requantiser's latency plus the credit loop, so a consumer
+    #: taking a beat every cycle never starves the array.
+    FIFO_DEPTH = 32
+
     def __init__(self, params: SystolicParams, channels: int):
         from .requant import Requantizer, RequantParams
         self.params = params
         self.array = SystolicArray(params)
-        self.requant = Requantizer(RequantParams(lanes=params.cols, channels=channels,
+        # lanes past a layer's last channel read the words after it (no clamp in front of
+        # the parameter memory's address): cols - 1 spare words
+        self.requant = Requantizer(RequantParams(lanes=params.cols,
+                                                 channels=channels + params.cols - 1,
                                                  use_primitive=params.use_primitive))
         out = data.StructLayout({"y": data.ArrayLayout(signed(8), params.cols),
                                  "ch": unsigned(params.ch_bits),
                                  "pix": unsigned(ceil_log2(params.max_pixels + 1))})
         sig = dict(self.array.signature.members.items())
-        del sig["o_stream"]
+        del sig["o_stream"], sig["o_allow"]
         rq = self.requant.signature.members
         super().__init__({**sig, "zero_point": rq["zero_point"], "lo": rq["lo"], "hi": rq["hi"],
                           "param": rq["param"], "o_stream": Out(stream.Signature(out))})
@@ -752,26 +760,31 @@ class SystolicConv(wiring.Component):
         for name in ("a_stream", "w_stream", "b_stream"):
             wiring.connect(m, wiring.flipped(getattr(self, name)), getattr(sa, name))
         wiring.connect(m, wiring.flipped(self.param), rq.param)
-        m.d.comb += [sa.cfg.eq(self.cfg), self.busy.eq(sa.busy), rq.zero_point.eq(self.zero_point),
-                     rq.lo.eq(self.lo), rq.hi.eq(self.hi)]
+        out = self.o_stream.payload.shape()
+        m.submodules.out = cf = CreditFifo(out, self.FIFO_DEPTH, lag=2)
+        m.d.comb += [sa.cfg.eq(self.cfg), self.busy.eq(sa.busy | cf.busy),
+                     rq.zero_point.eq(self.zero_point), rq.lo.eq(self.lo), rq.hi.eq(self.hi)]
+        # array -> requantiser -> output FIFO with no backpressure anywhere on the way: the
+        # requantiser runs free (ready tied high) and the array drains a row only with a
+        # credit from the output FIFO (o_allow); (ch, pix) ride a small FIFO alongside
         meta = data.StructLayout({"ch": unsigned(p.ch_bits),
                                   "pix": unsigned(ceil_log2(p.max_pixels + 1))})
-        m.submodules.meta = fifo = SyncFIFOBuffered(width=meta.size,
-                                                    depth=Requantizer.LATENCY + 4)
-        ch_max = rq.params.channels - 1
+        m.submodules.meta = mfifo = SyncFIFOBuffered(width=meta.size,
+                                                     depth=Requantizer.LATENCY + 4)
         src = sa.o_stream
-        go = src.valid & rq.i_stream.ready & fifo.w_rdy
-        m.d.comb += [rq.i_stream.valid.eq(src.valid & fifo.w_rdy),
-                     src.ready.eq(rq.i_stream.ready & fifo.w_rdy),
-                     fifo.w_en.eq(go), fifo.w_data.eq(Cat(src.payload.ch, src.payload.pix))]
+        m.d.comb += [sa.o_allow.eq(cf.allow), cf.issue.eq(src.valid),
+                     rq.i_stream.valid.eq(src.valid),
+                     mfifo.w_en.eq(src.valid), mfifo.w_data.eq(Cat(src.payload.ch, src.payload.pix))]
+        # lanes past the layer's channels read parameter words past the last channel (the
+        # memory is deep enough: no clamp between the array's output and the address)
         for c in range(p.cols):
-            chan = src.payload.ch + c
             m.d.comb += [rq.i_stream.payload.acc[c].eq(src.payload.acc[c]),
-                         rq.i_stream.payload.ch[c].eq(Mux(chan > ch_max, ch_max, chan))]
-        o = self.o_stream
+                         rq.i_stream.payload.ch[c].eq(src.payload.ch + c)]
         md = Signal(meta)
-        m.d.comb += [md.eq(fifo.r_data), o.valid.eq(rq.o_stream.valid),
-                     rq.o_stream.ready.eq(o.ready), fifo.r_en.eq(o.valid & o.ready),
-                     o.payload.y.eq(rq.o_stream.payload), o.payload.ch.eq(md.ch),
-                     o.payload.pix.eq(md.pix)]
+        y = Signal(out)
+        m.d.comb += [rq.o_stream.ready.eq(1), md.eq(mfifo.r_data),
+                     mfifo.r_en.eq(rq.o_stream.valid),
+                     y.y.eq(rq.o_stream.payload), y.ch.eq(md.ch), y.pix.eq(md.pix),
+                     cf.w_en.eq(rq.o_stream.valid), cf.w_data.eq(y)]
+        wiring.connect(m, cf.o_stream, wiring.flipped(self.o_stream))
         return m

@@ -1,0 +1,92 @@
+"""A FIFO that hands out credits, so the pipeline in front of it never stalls.
+
+A pipeline whose stages all advance on one enable (the stream way of handling
+backpressure) puts that enable on every register of every stage: on the 85F the
+requantiser's and the array drain's enables were thousands of flip-flops spread across the
+die, the design's critical path. With credits the pipeline runs free (no enable at all) and
+only its *entry* is gated: a beat enters (``issue``) only while ``allow`` says the FIFO at
+the end has a slot reserved for it; the beat reaches the FIFO any number of cycles later
+(``w_en``/``w_data``, no ready) and leaves through an ordinary stream.
+
+``allow`` is a register. The count of beats issued and not yet read (reads credited one
+cycle late, through a register: never an under-estimate) decides it, so no path runs from the
+consumer's ``ready`` into the producer.
+"""
+from __future__ import annotations
+
+from amaranth import Module, Shape, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["CreditFifo"]
+
+
+class CreditFifo(wiring.Component):
+    """``depth``-entry FIFO of ``width``-bit beats with credit-based admission.
+
+    Parameters
+    ----------
+    shape : shape-castable
+        Beat shape (``w_data`` and the ``o_stream`` payload).
+    depth : int
+        FIFO entries; also the most beats in flight (issued, not yet read). For full
+        throughput make it at least the producer's latency from ``issue`` to ``w_en`` plus
+        ``lag`` plus 4.
+    lag : int
+        The producer may act on ``allow`` up to ``lag`` cycles late: a beat issued in cycle
+        ``t`` must have seen ``allow`` high in cycle ``t - j`` for one fixed ``j <= lag``
+        (e.g. through ``j`` registers). ``allow`` in cycle ``t`` reserves room for the
+        ``lag + 1`` beats of cycles ``t .. t + lag``.
+
+    Members
+    -------
+    issue : In(1)
+        A beat entered the producer's pipeline this cycle (at most one per cycle).
+    allow : Out(1)
+        Registered: issuing is allowed (see ``lag``).
+    w_en, w_data : In
+        A beat arrives at the FIFO (no ready: there is always room for an issued beat; in
+        simulation an overflow means the producer broke the contract).
+    o_stream : Out(stream.Signature(width))
+        The beats in arrival order (registered output).
+    overflow : Out(1)
+        Sticky: a beat arrived at a full FIFO (the producer broke the credit contract).
+    busy : Out(1)
+        Beats issued and not yet read (one cycle late after the last read).
+    """
+
+    def __init__(self, shape, depth: int, lag: int = 0):
+        self._MustUse__silence = True     # not elaborated if the checks below fail
+        if not isinstance(lag, int) or lag < 0:
+            raise ValueError(f"CreditFifo lag must be a non-negative int, got {lag!r}")
+        if not isinstance(depth, int) or depth < lag + 2:
+            raise ValueError(f"CreditFifo depth must be an int >= lag + 2, got {depth!r}")
+        self._MustUse__silence = False
+        self.shape, self.depth, self.lag = shape, depth, lag
+        self.width = Shape.cast(shape).width
+        super().__init__({
+            "issue": In(1), "allow": Out(1, init=1),
+            "w_en": In(1), "w_data": In(shape),
+            "o_stream": Out(stream.Signature(shape)),
+            "overflow": Out(1), "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.fifo = fifo = SyncFIFOBuffered(width=self.width, depth=self.depth)
+        o = self.o_stream
+        m.d.comb += [fifo.w_en.eq(self.w_en), fifo.w_data.eq(self.w_data),
+                     o.valid.eq(fifo.r_rdy), o.payload.eq(fifo.r_data),
+                     fifo.r_en.eq(o.ready)]
+        # sticky: a beat arrived with the FIFO full (a broken producer; tests check it)
+        with m.If(self.w_en & ~fifo.w_rdy):
+            m.d.sync += self.overflow.eq(1)
+        popped = Signal()
+        m.d.sync += popped.eq(o.valid & o.ready)
+        cnt = Signal(range(self.depth + 1))
+        nxt = Signal(range(self.depth + 2))
+        m.d.comb += nxt.eq(cnt + self.issue - popped)
+        m.d.sync += [cnt.eq(nxt), self.allow.eq(nxt + self.lag + 1 <= self.depth)]
+        m.d.comb += self.busy.eq(cnt != 0)
+        return m
