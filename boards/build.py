@@ -16,6 +16,7 @@ utilisation come from that report, and a design that misses its clock is reporte
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import time
@@ -255,7 +256,7 @@ def _build_once(design, b: Board, clock: float, outdir: Path, say, synth_only: b
                  "script_after_synth": "tee -q -o top.stat stat"}
         p = platform.build(design, name="top", build_dir=str(outdir), do_build=False,
                            nextpnr_opts=f"--report top.report.json --timing-allow-fail --seed {seed} "
-                                        f"--router router2",
+                                        f"--router router2 {os.environ.get('HWGEN_NEXTPNR_OPTS', '')}".strip(),
                            **extra)
         _write_plan(p, outdir)
         return p

@@ -206,11 +206,13 @@ class Accelerator(wiring.Component):
         with m.Elif(s_v & ofifo.w_rdy):
             m.d.sync += s_v.eq(0)
         cfg = sconv.cfg
-        m.d.comb += [cfg.pixels.eq(d.pixels), cfg.k.eq(d.k), cfg.groups.eq(d.groups),
+        # the layer's shape, registered here (static while the layer runs, settled long
+        # before the array samples it with the layer's first beat)
+        m.d.sync += [cfg.pixels.eq(d.pixels), cfg.k.eq(d.k), cfg.groups.eq(d.groups),
                      cfg.otiles.eq(d.otiles), cfg.beats.eq(d.gk),
                      cfg.cout_g.eq(d.cout_g), cfg.x_zp.eq(d.x_zp),
-                     sconv.zero_point.eq(d.y_zp), sconv.lo.eq(d.lo), sconv.hi.eq(d.hi),
-                     sconv.param.en.eq(seq.p_en), sconv.param.addr.eq(seq.p_addr),
+                     sconv.zero_point.eq(d.y_zp), sconv.lo.eq(d.lo), sconv.hi.eq(d.hi)]
+        m.d.comb += [sconv.param.en.eq(seq.p_en), sconv.param.addr.eq(seq.p_addr),
                      sconv.param.data.eq(seq.p_data)]
         # weight and channel stores (the channel store: the sequencer, the bias feeder, or
         # the max-pool unit's rescale table)

@@ -31,10 +31,10 @@ from dataclasses import dataclass
 import numpy as np
 from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
 from . import add as _add
+from .credit import CreditFifo
 from ..mapper import program as prog
 from ..mapper.plan import WEIGHTS_SECTION_A
 
@@ -253,6 +253,16 @@ def layer_descriptors(plan, cols: int, rows: int | None = None,
     return out
 
 
+def local_desc(m, desc):
+    """A unit's own registered copy of the sequencer's descriptor (fields it does not use
+    are trimmed by synthesis). The descriptor is static while a layer runs and settles
+    several cycles before ``start`` (the sequencer's PARAM state lies between), so the copy
+    costs nothing and keeps the long nets from the sequencer free of logic."""
+    d = Signal(DESC, name="desc_r")
+    m.d.sync += d.eq(desc)
+    return d
+
+
 class Placer(wiring.Component):
     """The arena write path of every unit: output channel ``j`` of pixel ``pix`` goes to
     ``base + pix * pitch + off(j)``, where ``off(j) = out_post + s(out_pre + j)`` comes
@@ -312,10 +322,6 @@ class Placer(wiring.Component):
         return m
 
 
-def _fifo_room(fifo, inflight, depth):
-    return (fifo.level + inflight) < depth - 1
-
-
 class PatchFeeder(wiring.Component):
     """Gathers the patch vectors of every output pixel from the byte-wide arena.
 
@@ -341,8 +347,8 @@ class PatchFeeder(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        d = self.desc
-        m.submodules.fifo = fifo = SyncFIFO(width=8, depth=self.DEPTH)
+        d = local_desc(m, self.desc)
+        m.submodules.fifo = fifo = CreditFifo(signed(8), self.DEPTH)
         run = Signal()
         oy, ox, g, ky, kx, ci = (Signal(16, name=n) for n in ("oy", "ox", "g", "ky", "kx", "ci"))
         iy0, ix0 = Signal(signed(18)), Signal(signed(18))
@@ -357,7 +363,7 @@ class PatchFeeder(wiring.Component):
         ix2, row2, pix3, prod4 = Signal(16), Signal(24), Signal(17), Signal(34)
 
         m.d.comb += self.done.eq(~run)
-        issue = run & _fifo_room(fifo, sum(v), self.DEPTH)
+        issue = run & fifo.allow
         iy = iy0 + ky
         ix = ix0 + kx
         m.d.sync += [v[0].eq(issue), s1_iy.eq(iy), s1_ix.eq(ix), cs[0].eq(cbase + ci),
@@ -368,9 +374,11 @@ class PatchFeeder(wiring.Component):
         m.d.sync += [row2.eq(s1_iy.as_unsigned()[:16] * d.in_w), ix2.eq(s1_ix.as_unsigned()[:16]),
                      pix3.eq(row2 + ix2), prod4.eq(pix3 * d.in_pitch),
                      self.rd_addr.eq(d.in_addr + prod4[:24] + cs[3])]
-        m.d.comb += [fifo.w_en.eq(v[-1]), fifo.w_data.eq(Mux(inb[-1], self.rd_data, d.x_zp)),
-                     self.o_stream.valid.eq(fifo.r_rdy), self.o_stream.payload.eq(fifo.r_data),
-                     fifo.r_en.eq(self.o_stream.ready)]
+        m.d.comb += [fifo.issue.eq(issue), fifo.w_en.eq(v[-1]),
+                     fifo.w_data.eq(Mux(inb[-1], self.rd_data, d.x_zp)),
+                     self.o_stream.valid.eq(fifo.o_stream.valid),
+                     self.o_stream.payload.eq(fifo.o_stream.payload),
+                     fifo.o_stream.ready.eq(self.o_stream.ready)]
 
         with m.If(self.start):
             m.d.sync += [run.eq(1), oy.eq(0), ox.eq(0), g.eq(0), ky.eq(0), kx.eq(0), ci.eq(0),
@@ -417,9 +425,9 @@ class WeightFeeder(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        d = self.desc
+        d = local_desc(m, self.desc)
         C = self.cols
-        m.submodules.fifo = fifo = SyncFIFO(width=8 * C, depth=self.DEPTH)
+        m.submodules.fifo = fifo = CreditFifo(8 * C, self.DEPTH)
         run = Signal()
         pt = Signal(24)
         i = Signal(32)
@@ -427,7 +435,7 @@ class WeightFeeder(wiring.Component):
         # S1: address register; then the read stages of the weight store and the tap memory
         v = [Signal(name=f"v{k}") for k in range(1, MEM_LATENCY + 2)]
         m.d.comb += self.done.eq(~run)
-        issue = run & _fifo_room(fifo, sum(v), self.DEPTH)
+        issue = run & fifo.allow
         addr = Signal(24)
         t_d = self.t_data
         m.d.sync += [v[0].eq(issue), addr.eq(d.w_base + i)]
@@ -441,9 +449,10 @@ class WeightFeeder(wiring.Component):
                 m.d.comb += word.eq(t_d.as_unsigned())
             with m.Default():
                 m.d.comb += word.eq(1)
-        m.d.comb += [fifo.w_en.eq(v[-1]), fifo.w_data.eq(word),
-                     self.o_stream.valid.eq(fifo.r_rdy), self.o_stream.payload.eq(fifo.r_data),
-                     fifo.r_en.eq(self.o_stream.ready)]
+        m.d.comb += [fifo.issue.eq(issue), fifo.w_en.eq(v[-1]), fifo.w_data.eq(word),
+                     self.o_stream.valid.eq(fifo.o_stream.valid),
+                     self.o_stream.payload.eq(fifo.o_stream.payload),
+                     fifo.o_stream.ready.eq(self.o_stream.ready)]
         with m.If(self.start):
             m.d.sync += [run.eq(1), pt.eq(0), i.eq(0), n.eq(d.wbeats_m1)]
         with m.Elif(issue):
@@ -477,7 +486,7 @@ class BiasFeeder(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        d = self.desc
+        d = local_desc(m, self.desc)
         C = self.cols
         pt = Signal(24)
         g = Signal(16)
@@ -494,6 +503,13 @@ class BiasFeeder(wiring.Component):
         m.d.sync += cap_v0.eq(0)
         m.d.sync += [cap_vs[k].eq(cap_vs[k - 1]) for k in range(1, MEM_LATENCY)]
         m.d.sync += [cap_ls[k].eq(cap_ls[k - 1]) for k in range(1, MEM_LATENCY)]
+        # the vector is cleared the cycle after a beat leaves (a registered flag: the
+        # array's ready does not reach the C x 32 vector bits); FILL's first capture lands
+        # MEM_LATENCY cycles later
+        clr = Signal()
+        m.d.sync += clr.eq(0)
+        with m.If(clr):
+            m.d.sync += vec.eq(0)
         with m.If(cap_v):
             m.d.sync += vec[cap_lane].eq(self.rd_data[:32])
         with m.FSM():
@@ -514,7 +530,7 @@ class BiasFeeder(wiring.Component):
             with m.State("OUT"):
                 m.d.comb += self.o_stream.valid.eq(1)
                 with m.If(self.o_stream.ready):
-                    m.d.sync += [vec.eq(0), c.eq(0), ot.eq(ot + 1), obase.eq(obase + C),
+                    m.d.sync += [clr.eq(1), c.eq(0), ot.eq(ot + 1), obase.eq(obase + C),
                                  rem.eq(rem - C)]
                     m.next = "FILL"
                     with m.If(ot == d.otiles_m1):
@@ -597,7 +613,7 @@ class MaxPoolUnit(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        d = self.desc
+        d = local_desc(m, self.desc)
         oy, ox, c, ky, kx = (Signal(16, name=n) for n in ("oy", "ox", "c", "ky", "kx"))
         iy0, ix0 = Signal(signed(18)), Signal(signed(18))
         pix = Signal(24)
@@ -686,10 +702,10 @@ class AddUnit(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        d = self.desc
+        d = local_desc(m, self.desc)
         m.submodules.adder = adder = _add.Adder(_add.AddParams(lanes=1,
                                                                use_primitive=self.use_primitive))
-        m.submodules.fifo = fifo = SyncFIFO(width=16, depth=self.DEPTH)
+        m.submodules.fifo = fifo = CreditFifo(16, self.DEPTH)
         m.d.comb += adder.config.eq(d.add_cfg)
         run = Signal()
         p, c = Signal(24), Signal(16)
@@ -698,7 +714,8 @@ class AddUnit(wiring.Component):
         sps = [Signal(name=f"s{k}_ph") for k in range(MEM_LATENCY)]
         s1_v, s1_ph = svs[-1], sps[-1]
         a_reg = Signal(signed(8))
-        issue = run & (phase | _fifo_room(fifo, sum(svs), self.DEPTH))
+        # an element's credit is taken by its first read (phase 0); the second follows
+        issue = run & (phase | fifo.allow)
         a0, a1 = Signal(24), Signal(24)       # pixel p of each input
         m.d.comb += self.rd_addr.eq(Mux(phase, a1, a0) + c)
         m.d.sync += [svs[0].eq(issue), sps[0].eq(phase)]
@@ -706,11 +723,12 @@ class AddUnit(wiring.Component):
         m.d.sync += [sps[k].eq(sps[k - 1]) for k in range(1, MEM_LATENCY)]
         with m.If(s1_v & ~s1_ph):
             m.d.sync += a_reg.eq(self.rd_data)
-        m.d.comb += [fifo.w_en.eq(s1_v & s1_ph), fifo.w_data.eq(Cat(a_reg, self.rd_data))]
-        a, b = adder.a_stream, adder.b_stream
-        m.d.comb += [a.valid.eq(fifo.r_rdy), b.valid.eq(fifo.r_rdy),
-                     a.payload[0].eq(fifo.r_data[:8]), b.payload[0].eq(fifo.r_data[8:]),
-                     fifo.r_en.eq(a.valid & a.ready)]
+        m.d.comb += [fifo.issue.eq(issue & ~phase), fifo.w_en.eq(s1_v & s1_ph),
+                     fifo.w_data.eq(Cat(a_reg, self.rd_data))]
+        a, b, f = adder.a_stream, adder.b_stream, fifo.o_stream
+        m.d.comb += [a.valid.eq(f.valid), b.valid.eq(f.valid),
+                     a.payload[0].eq(f.payload[:8]), b.payload[0].eq(f.payload[8:]),
+                     f.ready.eq(a.valid & a.ready)]
         with m.If(self.start):
             m.d.sync += [run.eq(1), p.eq(0), c.eq(0), phase.eq(0), a0.eq(d.in_addr),
                          a1.eq(d.in1_addr)]
@@ -803,7 +821,7 @@ class AvgPoolUnit(wiring.Component):
     def elaborate(self, platform):
         from amaranth.lib.memory import Memory
         m = Module()
-        d = self.desc
+        d = local_desc(m, self.desc)
         m.submodules.pool = pool = self.pool
         members = pool.signature.members
         lay = data.StructLayout({k: members[k].shape for k in self.names})
@@ -817,19 +835,20 @@ class AvgPoolUnit(wiring.Component):
         m.d.comb += rp.addr.eq(self.index)
         for k in self.names:
             m.d.comb += getattr(pool, k).eq(getattr(rp.data, k))
-        m.submodules.fifo = fifo = SyncFIFO(width=8, depth=self.DEPTH)
+        m.submodules.fifo = fifo = CreditFifo(8, self.DEPTH)
         run = Signal()
         p, c = Signal(24), Signal(16)
         svs = [Signal(name=f"s{k}_v") for k in range(MEM_LATENCY)]
         s1_v = svs[-1]
-        issue = run & _fifo_room(fifo, sum(svs), self.DEPTH)
+        issue = run & fifo.allow
         a, ac = Signal(24), Signal(24)        # element (p, c), element (0, c)
         m.d.comb += self.rd_addr.eq(a)
         m.d.sync += svs[0].eq(issue)
         m.d.sync += [svs[k].eq(svs[k - 1]) for k in range(1, MEM_LATENCY)]
-        m.d.comb += [fifo.w_en.eq(s1_v), fifo.w_data.eq(self.rd_data),
-                     pool.i_stream.valid.eq(fifo.r_rdy), pool.i_stream.payload.eq(fifo.r_data),
-                     fifo.r_en.eq(pool.i_stream.ready)]
+        m.d.comb += [fifo.issue.eq(issue), fifo.w_en.eq(s1_v), fifo.w_data.eq(self.rd_data),
+                     pool.i_stream.valid.eq(fifo.o_stream.valid),
+                     pool.i_stream.payload.eq(fifo.o_stream.payload),
+                     fifo.o_stream.ready.eq(pool.i_stream.ready)]
         with m.If(self.start):
             m.d.sync += [run.eq(1), p.eq(0), c.eq(0), a.eq(d.in_addr), ac.eq(d.in_addr)]
         with m.Elif(issue):

@@ -21,7 +21,7 @@ Overhead per layer: about ``out_c + 7`` cycles outside ``RUN``.
 """
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, unsigned
+from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -86,28 +86,28 @@ class Sequencer(wiring.Component):
         lcyc = Signal(32)
         m.d.sync += lcyc.eq(lcyc + 1)
         o = Signal(17)
-        # the channel store's records arrive MEM_LATENCY cycles after their address
-        pvs = [Signal(name=f"pv{k}") for k in range(MEM_LATENCY)]
-        pos = [Signal(17, name=f"po{k}") for k in range(MEM_LATENCY)]
+        # the channel store's address is registered (ch_addr, with ch_sel), its records
+        # arrive MEM_LATENCY cycles after that
+        pvs = [Signal(name=f"pv{k}") for k in range(MEM_LATENCY + 1)]
+        pos = [Signal(17, name=f"po{k}") for k in range(MEM_LATENCY + 1)]
         pv0, pv, po0, po = pvs[0], pvs[-1], pos[0], pos[-1]
         m.d.sync += pv0.eq(0)
-        m.d.sync += [pvs[k].eq(pvs[k - 1]) for k in range(1, MEM_LATENCY)]
-        m.d.sync += [pos[k].eq(pos[k - 1]) for k in range(1, MEM_LATENCY)]
-        m.d.comb += self.ch_addr.eq(d.ch_base + Mux(d.ch_step, o, 0))
+        m.d.sync += [pvs[k].eq(pvs[k - 1]) for k in range(1, MEM_LATENCY + 1)]
+        m.d.sync += [pos[k].eq(pos[k - 1]) for k in range(1, MEM_LATENCY + 1)]
+        m.d.sync += [self.ch_addr.eq(d.ch_base + Mux(d.ch_step, o, 0)), self.ch_sel.eq(0)]
         m.d.comb += [self.p_en.eq(pv), self.p_addr.eq(po),
                      self.p_data.m.eq(self.ch_data[32:56]), self.p_data.e.eq(self.ch_data[56:62])]
         # place table: s(j) = (j % sh_n) * sh_g + j // sh_n for j = out_pre + o, walked
         # incrementally (q = j // sh_n, r = j % sh_n, rg = r * sh_g) from the descriptor's
         # start values; without a shuffle s(j) = j.
+        # Two register stages: S1 the shuffled index (or out_pre + o) and cout_g - og - 1,
+        # S2 the table words (pt_* / nv_data registered).
         q, r, rg = Signal(16), Signal(16), Signal(17)
-        m.d.sync += self.pt_en.eq(0)
-        pdat = Signal(17)
-        m.d.comb += self.pt_data.eq(pdat)
         og = Signal(16)                  # o % cout_g
-        nvd = Signal(8)
-        m.d.comb += self.nv_data.eq(nvd)
-        left = Signal(17)
-        m.d.comb += left.eq(d.cout_g - og)
+        en1, addr1, idx1, lm1 = Signal(), Signal(16), Signal(17), Signal(signed(18))
+        m.d.sync += [en1.eq(0), self.pt_en.eq(en1), self.pt_addr.eq(addr1),
+                     self.pt_data.eq(d.out_post + idx1),
+                     self.nv_data.eq(Mux(lm1 > self.cols - 1, self.cols - 1, lm1))]
 
         with m.FSM():
             with m.State("IDLE"):
@@ -127,13 +127,13 @@ class Sequencer(wiring.Component):
             with m.State("PARAM"):
                 # one output channel per cycle: its requantisation record (array layers)
                 # and its place-table entry (every layer)
-                m.d.comb += self.ch_sel.eq(1)
+                m.d.sync += self.ch_sel.eq(1)
                 with m.If(o < d.out_c):
                     m.d.sync += [pv0.eq(d.kind == 0), po0.eq(o), o.eq(o + 1),
-                                 self.pt_en.eq(1), self.pt_addr.eq(o),
-                                 pdat.eq(d.out_post + Mux(d.sh_g != 0, rg + q, d.out_pre + o)),
-                                 r.eq(r + 1), rg.eq(rg + d.sh_g), og.eq(og + 1),
-                                 nvd.eq(Mux(left > self.cols, self.cols, left) - 1)]
+                                 en1.eq(1), addr1.eq(o),
+                                 idx1.eq(Mux(d.sh_g != 0, rg + q, d.out_pre + o)),
+                                 lm1.eq(d.cout_g - og - 1),
+                                 r.eq(r + 1), rg.eq(rg + d.sh_g), og.eq(og + 1)]
                     with m.If(og == d.cout_g - 1):
                         m.d.sync += og.eq(0)
                     with m.If(r == d.sh_n - 1):
