@@ -137,7 +137,7 @@ class Accelerator(wiring.Component):
         m.submodules.sconv = sconv = SystolicConv(self.sa, channels=self.max_out_c)
         descs = [l.fields for l in self.layers]
         m.submodules.seq = seq = Sequencer(descs, R, len(sconv.param.addr), C)
-        m.submodules.patch = patch = PatchFeeder()
+        m.submodules.patch = patch = PatchFeeder(self.use_primitive)
         m.submodules.wfeed = wfeed = WeightFeeder(C)
         m.submodules.bfeed = bfeed = BiasFeeder(C)
         m.submodules.writer = writer = OutputWriter(C, sconv.o_stream.payload.shape())
@@ -235,7 +235,7 @@ class Accelerator(wiring.Component):
         out_cs = [f["out_c"] for f in descs if not f["skip"]]
         m.submodules.ptable = ptable = BlockRam(17, max(out_cs), use_primitive=prim,
                                                 name="ptable", latency=lat)
-        m.submodules.placer = placer = Placer(len(ptable.r_addr))
+        m.submodules.placer = placer = Placer(len(ptable.r_addr), self.use_primitive)
         m.d.comb += [ptable.w_en.eq(seq.pt_en), ptable.w_addr.eq(seq.pt_addr),
                      ptable.w_data.eq(seq.pt_data), ptable.r_addr.eq(placer.t_addr),
                      placer.t_data.eq(ptable.r_data),
@@ -289,19 +289,21 @@ class Accelerator(wiring.Component):
     def _image_loader(self, m, hw: int, c_in: int):
         """Image bytes (``img_wr``, CHW raster ``addr = c * hw + p``) to placer requests:
         ``c = addr // hw`` as ``(addr * M) >> shift`` (exact over the image's addresses,
-        checked here), then ``p = addr - c * hw``; three registered stages. Returns the
+        checked here), then ``c * hw``, then ``p = addr - c * hw``; four registered stages. Returns the
         stage valid bits, ``c``, ``p`` and the data of the last stage."""
         n = max(c_in * hw, 2)
         mul, shift = _divider_constants(hw, n)
-        v1, v2, v3 = Signal(), Signal(), Signal()
-        a1, d1, d2, d3 = Signal(range(n)), Signal(signed(8)), Signal(signed(8)), Signal(signed(8))
-        c2, c3, p3 = Signal(16), Signal(16), Signal(24)
-        a2 = Signal(range(n))
+        v1, v2, v3, v4 = Signal(), Signal(), Signal(), Signal()
+        a1, a2, a3 = Signal(range(n)), Signal(range(n)), Signal(range(n))
+        d1, d2, d3, d4 = (Signal(signed(8), name=f"d{k}") for k in range(1, 5))
+        c2, c3, c4, ch3, p4 = Signal(16), Signal(16), Signal(16), Signal(range(n)), Signal(24)
         fire = self.img_wr.valid & self.img_wr.ready
+        # one multiplication or subtraction per stage
         m.d.sync += [v1.eq(fire), a1.eq(self.img_wr.payload.addr), d1.eq(self.img_wr.payload.data),
                      v2.eq(v1), c2.eq((a1 * mul) >> shift), a2.eq(a1), d2.eq(d1),
-                     v3.eq(v2), c3.eq(c2), p3.eq(a2 - c2 * hw), d3.eq(d2)]
-        return [v1, v2, v3], c3, p3, d3
+                     v3.eq(v2), c3.eq(c2), ch3.eq(c2 * hw), a3.eq(a2), d3.eq(d2),
+                     v4.eq(v3), c4.eq(c3), p4.eq(a3 - ch3), d4.eq(d3)]
+        return [v1, v2, v3, v4], c4, p4, d4
 
 
 def _divider_constants(d: int, n: int) -> tuple[int, int]:

@@ -76,8 +76,9 @@ class BlockRam(wiring.Component):
     latency: read latency in cycles: 1 (the block RAM's output straight out), 2 (its
         output register on: the block RAM's clock-to-out no longer starts a timing path),
         3 (plus a fabric register per block output, before the row multiplexer: a memory
-        spread over the chip crosses it in a cycle of its own), 4 (plus a register after
-        the multiplexer).
+        spread over the chip crosses it in a cycle of its own), 4 (the read address
+        registered first, one copy per row of blocks; the block with its output register;
+        the row multiplexer into a register).
 
     Members
     -------
@@ -135,6 +136,12 @@ class BlockRam(wiring.Component):
         wbits = ceil_log2(words)
         aw = len(self.r_addr)
         sel = Signal(range(max(rows, 2)))
+        # latency 4: the read address is registered first, one copy per row of blocks (kept
+        # apart by instantiating the flip-flops: a single copy would drive every block of a
+        # memory spread over the die), then the block (its output register on), then the
+        # row multiplexer into a register; latency 3: block, output register, fabric
+        # register per block, multiplexer
+        addr_reg = self.latency == 4
         if rows > 1:       # the row select travels with the data to the multiplexer
             with m.If(self.r_en):
                 m.d.sync += sel.eq(self.r_addr[wbits:])
@@ -145,6 +152,9 @@ class BlockRam(wiring.Component):
                 sel = nxt
         row_out = []
         for r in range(rows):
+            r_addr = self.r_addr
+            if addr_reg:
+                r_addr = _kept_reg(m, self.r_addr[:min(aw, wbits)], self.r_en, f"ra{r}")
             chunk = self.init[r * words:(r + 1) * words]
             dout = []
             for c in range(cols):
@@ -156,7 +166,7 @@ class BlockRam(wiring.Component):
                 for i in range(14):
                     j = i - lsb
                     in_range = 0 <= j < min(aw, wbits)
-                    ports[f"i_ADB{i}"] = self.r_addr[j] if in_range else Const(0, 1)
+                    ports[f"i_ADB{i}"] = r_addr[j] if in_range else Const(0, 1)
                     if self.writable:
                         ports[f"i_ADA{i}"] = self.w_addr[j] if in_range else Const(
                             1 if (bits == 18 and i < 2) else 0, 1)   # 18-bit: byte enables
@@ -180,7 +190,7 @@ class BlockRam(wiring.Component):
                 dout.append(do[:n])
             from amaranth import Cat
             row = Cat(*dout)
-            if self.latency >= 3:
+            if self.latency == 3:
                 reg = Signal(len(row), name=f"row{r}")
                 with m.If(self.r_en):
                     m.d.sync += reg.eq(row)
@@ -194,6 +204,23 @@ class BlockRam(wiring.Component):
             out = reg
         m.d.comb += self.r_data.eq(out)
         return m
+
+
+def _kept_reg(m, value, en, name):
+    """``value`` registered (loads while ``en``) in TRELLIS_FF instances: yosys merges
+    identical inferred flip-flops, never instances, so each copy stays next to the blocks
+    it drives."""
+    q = Signal(len(value), name=name)
+    for i in range(len(value)):
+        m.submodules[f"{name}_ff{i}"] = _ff_instance(value[i], en, q[i])
+    return q
+
+
+def _ff_instance(d, en, q):
+    from amaranth.hdl import Instance
+    return Instance("TRELLIS_FF", p_GSR="DISABLED", p_CEMUX="CE", p_CLKMUX="CLK",
+                    p_LSRMUX="LSR", p_SRMODE="LSR_OVER_CE", p_REGSET="RESET",
+                    i_CLK=ClockSignal("sync"), i_LSR=Const(0, 1), i_CE=en, i_DI=d, o_Q=q)
 
 
 def _instance(bits, wen, ren, ports, params, latency=1):

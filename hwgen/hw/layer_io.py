@@ -35,6 +35,7 @@ from amaranth.lib.wiring import In, Out
 
 from . import add as _add
 from .credit import CreditFifo
+from .dsp import Mult18
 from ..mapper import program as prog
 from ..mapper.plan import WEIGHTS_SECTION_A
 
@@ -270,9 +271,10 @@ class Placer(wiring.Component):
     or, with ``direct``, is ``j`` itself (the image loader).
 
     A pure delay line, no back-pressure: a request (``en``, ``pix``, ``ch``, ``data``)
-    reaches the arena write port ``MEM_LATENCY + 2`` cycles later; ``busy`` while any is on the way (a layer
-    is done only when its writes have landed). ``pix < 2**17``, ``pitch < 2**17``: one
-    MULT18X18D, registered on both sides.
+    reaches the arena write port ``MEM_LATENCY + 2`` cycles later; ``busy`` while any is on
+    the way (a layer is done only when its writes have landed). ``pix < 2**17``,
+    ``pitch < 2**17``: one :class:`hwgen.hw.dsp.Mult18` (registered inputs and outputs);
+    ``base`` and ``pitch`` are per layer (static while its requests flow).
 
     Members
     -------
@@ -280,9 +282,8 @@ class Placer(wiring.Component):
     t_addr: Out, t_data: In(17): the place table's read port (2-cycle read latency).
     wr_en, wr_addr, wr_data: Out, the arena write port. busy: Out(1).
     """
-    LATENCY = 4
-
-    def __init__(self, t_bits: int):
+    def __init__(self, t_bits: int, use_primitive: bool | None = None):
+        self.use_primitive = use_primitive
         super().__init__({
             "en": In(1), "pix": In(24), "ch": In(16), "data": In(signed(8)), "direct": In(1),
             "base": In(24), "pitch": In(16),
@@ -292,33 +293,33 @@ class Placer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        v = [Signal(name=f"v{i}") for i in range(3)]
-        # S1: request registered; the place table is read at ch1 (its data MEM_LATENCY
-        # cycles later, in stage S(1 + MEM_LATENCY))
-        pix1, ch1, dat1, dir1 = Signal(17), Signal(16), Signal(signed(8)), Signal()
-        m.d.sync += [v[0].eq(self.en), pix1.eq(self.pix), ch1.eq(self.ch), dat1.eq(self.data),
-                     dir1.eq(self.direct)]
-        m.d.comb += self.t_addr.eq(ch1)
-        # S2: product
-        prod2, ch2, dat2, dir2 = Signal(34), Signal(16), Signal(signed(8)), Signal()
-        m.d.sync += [v[1].eq(v[0]), prod2.eq(pix1 * self.pitch), ch2.eq(ch1), dat2.eq(dat1),
-                     dir2.eq(dir1)]
-        # S3: pixel address; then wait for the table's data
-        sum3, ch3, dat3, dir3 = Signal(24), Signal(16), Signal(signed(8)), Signal()
-        m.d.sync += [v[2].eq(v[1]), sum3.eq(self.base + prod2[:24]), ch3.eq(ch2), dat3.eq(dat2),
-                     dir3.eq(dir2)]
-        for k in range(MEM_LATENCY - 2):
-            nv_, ns, nc, nd, ndir = (Signal(), Signal(24), Signal(16), Signal(signed(8)),
-                                     Signal())
-            m.d.sync += [nv_.eq(v[-1]), ns.eq(sum3), nc.eq(ch3), nd.eq(dat3), ndir.eq(dir3)]
-            v.append(nv_)
-            sum3, ch3, dat3, dir3 = ns, nc, nd, ndir
+        assert MEM_LATENCY >= 3
+        # S1..S3: pix * pitch on a MULT18X18D registered at its inputs, its output and once
+        # in the fabric; the request rides alongside; the place table is read at ch1 (its
+        # data MEM_LATENCY cycles later, in stage S(1 + MEM_LATENCY))
+        m.submodules.mul = mul = Mult18(use_primitive=self.use_primitive)
+        m.d.comb += [mul.a.eq(self.pix[:17]), mul.b.eq(self.pitch)]
+        v, chs, dats, dirs = [self.en], [self.ch], [self.data], [self.direct]
+        for k in range(1, MEM_LATENCY + 2):
+            v.append(Signal(name=f"v{k}"))
+            chs.append(Signal(16, name=f"ch{k}"))
+            dats.append(Signal(signed(8), name=f"dat{k}"))
+            dirs.append(Signal(name=f"dir{k}"))
+            m.d.sync += [v[k].eq(v[k - 1]), chs[k].eq(chs[k - 1]), dats[k].eq(dats[k - 1]),
+                         dirs[k].eq(dirs[k - 1])]
+        m.d.comb += self.t_addr.eq(chs[1])
+        # S4: pixel address; then wait for the table's data
+        sums = [Signal(24, name="sum4")]
+        m.d.sync += sums[0].eq(self.base + mul.p[:24])
+        for k in range(5, MEM_LATENCY + 2):
+            sums.append(Signal(24, name=f"sum{k}"))
+            m.d.sync += sums[-1].eq(sums[-2])
         # last stage: + channel offset (the table's data), registered into the write port
-        off = Mux(dir3, ch3, self.t_data)
+        n = MEM_LATENCY + 1
+        off = Mux(dirs[n], chs[n], self.t_data)
         last = Signal()
-        m.d.sync += [last.eq(v[-1]), self.wr_addr.eq(sum3 + off), self.wr_data.eq(dat3)]
-        v.append(last)
-        m.d.comb += [self.wr_en.eq(last), self.busy.eq(Cat(*v).any())]
+        m.d.sync += [last.eq(v[n]), self.wr_addr.eq(sums[-1] + off), self.wr_data.eq(dats[n])]
+        m.d.comb += [self.wr_en.eq(last), self.busy.eq(Cat(*v[1:], last).any())]
         return m
 
 
@@ -327,8 +328,9 @@ class PatchFeeder(wiring.Component):
 
     Order: for each output pixel (raster), for each group, (ky, kx, ci) -- the systolic
     array's ``a_stream`` order with ``L = 1``; cells outside the input give ``x_zp``.
-    Throughput one byte per cycle (counters, a five-stage address pipeline with its two
-    multiplications registered, the block-RAM read, FIFO); latency ``MEM_LATENCY + 6``.
+    Throughput one byte per cycle (counters, a nine-stage address pipeline with its two
+    multiplications on registered MULT18X18Ds, the block-RAM read, FIFO); latency
+    ``MEM_LATENCY + 11``.
 
     Members
     -------
@@ -336,9 +338,10 @@ class PatchFeeder(wiring.Component):
     rd_addr: Out(24), rd_data: In(signed(8)): the arena read port (registered read).
     o_stream: Out(stream of ArrayLayout(signed(8), 1)).
     """
-    DEPTH = 16
+    DEPTH = 24
 
-    def __init__(self):
+    def __init__(self, use_primitive: bool | None = None):
+        self.use_primitive = use_primitive
         super().__init__({
             "desc": In(DESC), "start": In(1), "done": Out(1, init=1),
             "rd_addr": Out(24), "rd_data": In(signed(8)),
@@ -353,14 +356,19 @@ class PatchFeeder(wiring.Component):
         oy, ox, g, ky, kx, ci = (Signal(16, name=n) for n in ("oy", "ox", "g", "ky", "kx", "ci"))
         iy0, ix0 = Signal(signed(18)), Signal(signed(18))
         cbase = Signal(16)
-        # address pipeline: S1 coordinates, S2 row * in_w, S3 pixel, S4 pixel * pitch,
-        # S5 address (registered into the block RAM), then the arena's MEM_LATENCY read stages
-        n = 5 + MEM_LATENCY
+        # address pipeline: S1 coordinates, S2..S4 row * in_w (a MULT18X18D registered at
+        # its inputs, its output and once in the fabric), S5 pixel, S6..S8 pixel * pitch
+        # (the same), S9 address (registered into the block RAM), then the arena's
+        # MEM_LATENCY read stages
+        n = 9 + MEM_LATENCY
         v = [Signal(name=f"v{i}") for i in range(1, n + 1)]
         inb = [Signal(name=f"inb{i}") for i in range(1, n + 1)]
         s1_iy, s1_ix = Signal(signed(18)), Signal(signed(18))
-        cs = [Signal(16, name=f"c{i}") for i in range(1, 5)]
-        ix2, row2, pix3, prod4 = Signal(16), Signal(24), Signal(17), Signal(34)
+        cs = [Signal(16, name=f"c{i}") for i in range(1, 9)]
+        ixs = [Signal(16, name=f"ix{i}") for i in range(2, 5)]
+        pix5 = Signal(17)
+        m.submodules.mul_row = mul_row = Mult18(use_primitive=self.use_primitive)
+        m.submodules.mul_pix = mul_pix = Mult18(use_primitive=self.use_primitive)
 
         m.d.comb += self.done.eq(~run)
         issue = run & fifo.allow
@@ -370,10 +378,12 @@ class PatchFeeder(wiring.Component):
                      inb[0].eq((iy >= 0) & (iy < d.in_h) & (ix >= 0) & (ix < d.in_w))]
         m.d.sync += [v[i].eq(v[i - 1]) for i in range(1, n)]
         m.d.sync += [inb[i].eq(inb[i - 1]) for i in range(1, n)]
-        m.d.sync += [cs[i].eq(cs[i - 1]) for i in range(1, 4)]
-        m.d.sync += [row2.eq(s1_iy.as_unsigned()[:16] * d.in_w), ix2.eq(s1_ix.as_unsigned()[:16]),
-                     pix3.eq(row2 + ix2), prod4.eq(pix3 * d.in_pitch),
-                     self.rd_addr.eq(d.in_addr + prod4[:24] + cs[3])]
+        m.d.sync += [cs[i].eq(cs[i - 1]) for i in range(1, 8)]
+        m.d.sync += [ixs[0].eq(s1_ix.as_unsigned()[:16]), ixs[1].eq(ixs[0]), ixs[2].eq(ixs[1])]
+        m.d.comb += [mul_row.a.eq(s1_iy.as_unsigned()[:16]), mul_row.b.eq(d.in_w),
+                     mul_pix.a.eq(pix5), mul_pix.b.eq(d.in_pitch)]
+        m.d.sync += [pix5.eq(mul_row.p[:17] + ixs[2]),
+                     self.rd_addr.eq(d.in_addr + mul_pix.p[:24] + cs[7])]
         m.d.comb += [fifo.issue.eq(issue), fifo.w_en.eq(v[-1]),
                      fifo.w_data.eq(Mux(inb[-1], self.rd_data, d.x_zp)),
                      self.o_stream.valid.eq(fifo.o_stream.valid),
@@ -552,7 +562,7 @@ class OutputWriter(wiring.Component):
     no comparison of channel numbers sits between the beat and ``ready``). Channel
     ``j = ch + c`` goes to ``out_addr + pix * out_pitch + out_post + s(out_pre + j)``
     (:class:`Placer`) with ``s`` the channel shuffle (firmware/README.md). ``count``
-    counts the beats consumed since ``start``.
+    counts the beats whose lanes are all written since ``start``.
 
     Members
     -------
@@ -573,17 +583,27 @@ class OutputWriter(wiring.Component):
         m = Module()
         C = self.cols
         s = self.i_stream
+        # the beat being written is held here; `ready` and the lane counter's "last" flag
+        # are registers, so the FIFO in front sees no comparison on its read enable
+        cur = Signal.like(s.payload)
+        nv = Signal(range(C))
+        have, last = Signal(), Signal()
         c = Signal(range(C))
-        m.d.comb += [self.wr_pix.eq(s.payload.pix), self.wr_ch.eq(s.payload.ch + c),
-                     self.wr_data.eq(s.payload.y[c]), self.wr_en.eq(s.valid)]
-        last = c == self.nv_m1
-        m.d.comb += s.ready.eq(last)
+        take = s.valid & s.ready
+        m.d.comb += [s.ready.eq(~have | last),
+                     self.wr_pix.eq(cur.pix), self.wr_ch.eq(cur.ch + c),
+                     self.wr_data.eq(cur.y[c]), self.wr_en.eq(have)]
+        with m.If(have):
+            m.d.sync += [c.eq(c + 1), last.eq(c + 1 == nv)]
+        with m.If(take):
+            m.d.sync += [cur.eq(s.payload), nv.eq(self.nv_m1), have.eq(1), c.eq(0),
+                         last.eq(self.nv_m1 == 0)]
+        with m.Elif(have & last):
+            m.d.sync += [have.eq(0), c.eq(0)]
         with m.If(self.start):
-            m.d.sync += [self.count.eq(0), c.eq(0)]
-        with m.Elif(s.valid):
-            m.d.sync += c.eq(c + 1)
-            with m.If(last):
-                m.d.sync += [c.eq(0), self.count.eq(self.count + 1)]
+            m.d.sync += self.count.eq(0)
+        with m.Elif(have & last):           # a beat's last lane is written
+            m.d.sync += self.count.eq(self.count + 1)
         return m
 
 

@@ -73,6 +73,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .credit import CreditFifo
+from .bram import _kept_reg
 from .dsp import Mult18, use_primitive_for
 
 __all__ = ["SystolicParams", "SystolicLayer", "SystolicArray", "SystolicConv", "ByteRam",
@@ -420,11 +421,20 @@ class SystolicArray(wiring.Component):
         a = self.a_stream
         m.d.comb += a.ready.eq(~w_fresh & ~Mux(wr_bank, full[1], full[0]))
         a_fire = a.valid & a.ready
+        # the write reaches the RAMs one cycle after the beat is taken, from registers of
+        # their own per row (on ECP5 kept apart: the rows' block RAMs may sit far apart)
         for r in range(R):
+            w_in = Cat(wr_beat[:AW], wr_bank, a.payload.as_value(), a_fire & (wr_row == r))
+            if prim:
+                w_q = _kept_reg(m, w_in, Const(1, 1), f"wr_r{r}")
+            else:
+                w_q = Signal(len(w_in), name=f"wr_r{r}")
+                m.d.sync += w_q.eq(w_in)
             for l in range(L):
                 ram = rams[r][l]
-                m.d.comb += [ram.w_addr.eq(Cat(wr_beat[:AW], wr_bank)),
-                             ram.w_data.eq(a.payload[l]), ram.w_en.eq(a_fire & (wr_row == r))]
+                m.d.comb += [ram.w_addr.eq(w_q[:AW + 1]),
+                             ram.w_data.eq(w_q[AW + 1 + 8 * l:AW + 9 + 8 * l]),
+                             ram.w_en.eq(w_q[-1])]
 
         def first_rows(left):
             return Mux(left <= R, left, R)
@@ -513,8 +523,11 @@ class SystolicArray(wiring.Component):
             with m.Else():
                 m.d.sync += [k_rem.eq(k_rem - 1), j.eq(j + 1), is_last.eq(k_rem == 1)]
 
+        # a bank counts as full once its last write has landed (a cycle after the beat)
+        tl_r, tl_bank = Signal(), Signal()
+        m.d.sync += [tl_r.eq(tile_loaded), tl_bank.eq(wr_bank)]
         for b in (0, 1):
-            with m.If(tile_loaded & (wr_bank == b)):
+            with m.If(tl_r & (tl_bank == b)):
                 m.d.sync += full[b].eq(1)
             with m.Elif(issue & tile_end & (rd_bank == b)):
                 m.d.sync += full[b].eq(0)
@@ -628,7 +641,7 @@ class SystolicArray(wiring.Component):
         with m.If(move & (sh_rows == 1)):
             m.d.sync += pending.eq(0)
 
-        m.d.comb += self.busy.eq(full[0] | full[1] | pending | o_valid | (wr_row != 0)
+        m.d.comb += self.busy.eq(full[0] | full[1] | tl_r | pending | o_valid | (wr_row != 0)
                                  | (wr_beat != 0) | ~w_fresh)
         return m
 
@@ -708,7 +721,7 @@ class SystolicConv(wiring.Component):
 
     Lane ``c`` of an output beat is channel ``ch + c`` of pixel ``pix`` (lanes past the
     group's ``Cout/groups`` are to be ignored, as for the array). Latency: the array's plus
-    ``Requantizer.LATENCY`` (14) cycles; throughput that of the array. A small FIFO carries
+    ``Requantizer.LATENCY`` (19) cycles; throughput that of the array. A small FIFO carries
     ``(ch, pix)`` past the requantiser. DSPs: ``R*C + 4*C``.
 
     Parameters
