@@ -37,7 +37,7 @@ parameters are not loaded yet (planes smaller than about 9 pixels).
 
 Timing: issue (counters) -> arena read -> registered byte -> line-buffer write/read ->
 registered BRAM output -> window shift -> mask/weight select into the multiplier input
-registers -> 3 multiplier stages -> 4 adder-tree levels -> requantiser (18) -> write request.
+registers -> 3 multiplier stages -> 4 adder-tree levels -> requantiser (19) -> write request.
 Cycles per layer (start to done): ``C*H*W + W + 45`` or less (setup, first parameter load,
 flush beats, pipeline latency; no per-channel overhead), e.g. 1209 for 12x12x8 and 2108 for
 MobileNet-0.25's 16x16x8 ``dw2`` (rtl_tests/test_dwunit.py); ``mem_latency=L`` (memories with

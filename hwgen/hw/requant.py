@@ -20,14 +20,15 @@ one lane, one register stage per line (all stages advance together on a global e
     S12  float32 product: the 24 kept bits of P (from bit 23 or 24 depending on P[47]),
          the round-half-even increment (round bit, sticky bits, lsb); R = e - msb - P[47]
     S13  P' = kept + increment (value = P' * 2**-R); R clamped to [0, 26]
-    S14  x = P' << 26 >> R (integer part, round bit, sticky bits)
-    S15  integer part (9 bits + "any higher bit"), round-half-even increment
-    S16  q = min(integer part + increment, 511) (int8 output clamps anyway; R <= 0 with
+    S14  P' << 26 >> (R rounded down to a multiple of 4)
+    S15  x = P' << 26 >> R (integer part, round bit, sticky bits)
+    S16  integer part (9 bits + "any higher bit"), round-half-even increment
+    S17  q = min(integer part + increment, 511) (int8 output clamps anyway; R <= 0 with
          P' != 0 means |value| >= 2**23, which saturates too)
-    S17  v = zero_point +- q
-    S18  y = clamp(v, lo, hi)                                         (output register)
+    S18  v = zero_point +- q
+    S19  y = clamp(v, lo, hi)                                         (output register)
 
-Latency 18 cycles from an accepted input beat to its output beat (without stalls);
+Latency 19 cycles from an accepted input beat to its output beat (without stalls);
 throughput one beat (``lanes`` results) per cycle.  Resources per lane: 4 MULT18X18D, one
 copy of the parameter memory (each lane has its own channel index, so its own read port).
 """
@@ -122,7 +123,7 @@ class RequantParams:
 class Requantizer(wiring.Component):
     """Stream requantiser, ``lanes`` int32 -> int8 per beat, per-channel scales.
 
-    Latency :attr:`LATENCY` (18) cycles, one beat per cycle; ``i_stream.ready`` is high
+    Latency :attr:`LATENCY` (19) cycles, one beat per cycle; ``i_stream.ready`` is high
     whenever the output register is empty or being read (the whole pipeline stalls on
     backpressure, so no data is ever dropped).  4 MULT18X18D per lane.
 
@@ -140,7 +141,7 @@ class Requantizer(wiring.Component):
         Write port of the per-channel parameter memory (words from :func:`encode_scales`).
     """
 
-    LATENCY = 18
+    LATENCY = 19
 
     def __init__(self, params: RequantParams):
         if not isinstance(params, RequantParams):
@@ -174,7 +175,7 @@ class Requantizer(wiring.Component):
                          wp.data.eq(self.param.data)]
             return mem
 
-        # valid bits of stages S1..S18
+        # valid bits of stages S1..S19
         pipe = Pipe(m, en)
         valid = pipe.valid_chain(self.i_stream.valid, self.LATENCY)
         m.d.comb += self.o_stream.valid.eq(valid[-1])
@@ -243,10 +244,15 @@ class Requantizer(wiring.Component):
             p13 = reg(unsigned(25), L + "p13", keep12 + up12)
             rc13 = reg(unsigned(5), L + "rc13", Mux(r12 < 0, 0, Mux(r12 > 26, 26, r12)))
             neg13 = reg(1, L + "neg13", neg12)
-            # S14: shift right by R keeping round and sticky bits: x = P' * 2**26 >> R
-            x14 = reg(unsigned(51), L + "x14", ((p13 << 26) >> rc13)[:51])
-            neg14 = reg(1, L + "neg14", neg13)
-            # S15: integer part (low 9 bits, any higher bit), round-half-even increment
+            # S14, S15: shift right by R keeping round and sticky bits: x = P' * 2**26 >> R,
+            # in two steps (R rounded down to a multiple of 4, then R mod 4); only the 26
+            # zero bits below P' are shifted out, so nothing is lost between the steps
+            xa14 = reg(unsigned(51), L + "xa14", ((p13 << 26) >> Cat(Const(0, 2), rc13[2:]))[:51])
+            rl14 = reg(unsigned(2), L + "rl14", rc13[:2])
+            neg14 = reg(1, L + "neg14a", neg13)
+            x14 = reg(unsigned(51), L + "x14", (xa14 >> rl14)[:51])
+            neg14 = reg(1, L + "neg14", neg14)
+            # S16: integer part (low 9 bits, any higher bit), round-half-even increment
             ip = x14[26:51]
             if p._inject_bug:
                 up = x14[25]
@@ -256,12 +262,12 @@ class Requantizer(wiring.Component):
             big15 = reg(1, L + "big15", ip[9:].any())
             up15 = reg(1, L + "up15", up)
             neg15 = reg(1, L + "neg15", neg14)
-            # S16: q = min(integer part + increment, 511) (the int8 clamp follows anyway;
+            # S17: q = min(integer part + increment, 511) (the int8 clamp follows anyway;
             # R <= 0 with P' != 0 means |value| >= 2**23: saturates too)
             sat = big15 | (ip15.all() & up15)
             q16 = reg(unsigned(9), L + "q16", Mux(sat, 511, ip15 + up15))
             neg16 = reg(1, L + "neg16", neg15)
-            # S17: v = zero_point +- q, and the four comparisons telling whether v < lo or
+            # S18: v = zero_point +- q, and the four comparisons telling whether v < lo or
             # v > hi for either sign, made in the q domain against registered constants
             v17 = reg(signed(11), L + "v17", Mux(neg16, zp_r - q16, zp_r + q16))
             neg17 = reg(1, L + "neg17", neg16)
@@ -269,7 +275,7 @@ class Requantizer(wiring.Component):
             lt_p = reg(1, L + "lt_p17", q16 < ndn_r)     # zp + q < lo
             gt_n = reg(1, L + "gt_n17", q16 < nup_r)     # zp - q > hi
             gt_p = reg(1, L + "gt_p17", q16 > up_r)      # zp + q > hi
-            # S18: clamp to [lo, hi]  (output register)
+            # S19: clamp to [lo, hi]  (output register)
             y = Mux(Mux(neg17, lt_n, lt_p), lo_r, Mux(Mux(neg17, gt_n, gt_p), hi_r, v17))
             y18 = reg(signed(8), L + "y18", y[:8])
             m.d.comb += self.o_stream.payload[lane].eq(y18)
