@@ -77,20 +77,22 @@ class BlockRam(wiring.Component):
         output register on: the block RAM's clock-to-out no longer starts a timing path),
         3 (plus a fabric register per block output, before the row multiplexer: a memory
         spread over the chip crosses it in a cycle of its own), 4 (the read address
-        registered first, one copy per row of blocks; the block with its output register;
-        the row multiplexer into a register).
+        registered first, one copy per block; the block with its output register; the row
+        multiplexer into a register), 5 (4 plus a fabric register per block), 6 (5 with the
+        read address registered once more before the per-block copies).
 
     Members
     -------
     r_addr: In, r_data: Out(width): registered read, data ``latency`` cycles after the
-    address (``r_en`` low holds every read stage). w_addr, w_data, w_en: write port (new data is not
-    forwarded to a read of the same address in the same cycle).
+    address (``r_en`` low holds every read stage). w_addr, w_data, w_en: write port (a read
+    sees writes up to the cycle its address reaches the memory, :attr:`addr_stages` cycles
+    after ``r_addr``; new data is not forwarded to a read of the same address in that cycle).
     """
 
     def __init__(self, width: int, depth: int, init=None, writable: bool = True,
                  use_primitive: bool | None = None, name: str = "mem", latency: int = 1):
-        if latency not in (1, 2, 3, 4):
-            raise ValueError(f"BlockRam latency must be 1, 2, 3 or 4, got {latency!r}")
+        if latency not in (1, 2, 3, 4, 5, 6):
+            raise ValueError(f"BlockRam latency must be 1..6, got {latency!r}")
         self.latency = latency
         self.name = name
         self.width, self.depth = width, max(depth, 2)
@@ -106,6 +108,12 @@ class BlockRam(wiring.Component):
         super().__init__(members)
 
     @property
+    def addr_stages(self) -> int:
+        """Register stages between ``r_addr`` and the memory itself (the rest of the
+        latency follows the read): a write in those cycles is seen by the read."""
+        return {4: 1, 5: 1, 6: 2}.get(self.latency, 0)
+
+    @property
     def blocks(self) -> int:
         """DP16KD blocks of the primitive implementation."""
         _, cols, rows = dp16kd_geometry(self.width, self.depth)
@@ -117,9 +125,17 @@ class BlockRam(wiring.Component):
             mem = Memory(shape=unsigned(self.width), depth=self.depth, init=self.init)
             m.submodules[self.name] = mem
             rp = mem.read_port()
-            m.d.comb += [rp.addr.eq(self.r_addr), rp.en.eq(self.r_en)]
+            # the address reaches the memory as late as in the block-RAM pipeline (a write
+            # in between is seen the same way)
+            addr = self.r_addr
+            for k in range(self.addr_stages):
+                nxt = Signal.like(addr, name=f"ra{k + 1}")
+                with m.If(self.r_en):
+                    m.d.sync += nxt.eq(addr)
+                addr = nxt
+            m.d.comb += [rp.addr.eq(addr), rp.en.eq(self.r_en)]
             data = rp.data
-            for k in range(self.latency - 1):
+            for k in range(self.latency - 1 - self.addr_stages):
                 reg = Signal.like(data, name=f"rd{k + 2}")
                 with m.If(self.r_en):
                     m.d.sync += reg.eq(data)
@@ -135,26 +151,38 @@ class BlockRam(wiring.Component):
         words, lsb = MODES[bits]
         wbits = ceil_log2(words)
         aw = len(self.r_addr)
-        sel = Signal(range(max(rows, 2)))
-        # latency 4: the read address is registered first, one copy per row of blocks (kept
-        # apart by instantiating the flip-flops: a single copy would drive every block of a
-        # memory spread over the die), then the block (its output register on), then the
-        # row multiplexer into a register; latency 3: block, output register, fabric
-        # register per block, multiplexer
-        addr_reg = self.latency == 4
-        if rows > 1:       # the row select travels with the data to the multiplexer
+        lat = self.latency
+        # Read pipeline by latency (on a die whose block RAMs are mostly in use, a memory's
+        # blocks are spread over it: every long hop gets a register stage of its own):
+        #   1: block (no output register), row multiplexer
+        #   2: block with its output register, multiplexer
+        #   3: block, output register, a fabric register per block, multiplexer
+        #   4: the read address registered once per block (kept apart by instantiating the
+        #      flip-flops: yosys would merge identical copies), block, output register,
+        #      multiplexer into a register
+        #   5: per-block address copy, block, output register, per-block register,
+        #      multiplexer into a register
+        #   6: the read address registered once more first (a root the per-block copies
+        #      fan out from), then as 5
+        root = self.r_addr
+        if lat == 6:
+            root = Signal.like(self.r_addr, name="ra_root")
             with m.If(self.r_en):
-                m.d.sync += sel.eq(self.r_addr[wbits:])
-            for k in range(min(self.latency, 3) - 1):
-                nxt = Signal.like(sel, name=f"sel{k + 2}")
+                m.d.sync += root.eq(self.r_addr)
+        addr_copy = lat >= 4
+        block_reg = lat in (3, 5, 6)
+        mux_reg = lat >= 4
+        sel = self.r_addr[wbits:]
+        if rows > 1:       # the row select travels with the data to the multiplexer
+            for k in range(lat - (1 if mux_reg else 0)):
+                nxt = Signal(range(rows), name=f"sel{k + 1}")
                 with m.If(self.r_en):
                     m.d.sync += nxt.eq(sel)
                 sel = nxt
+        else:
+            sel = Const(0, 1)
         row_out = []
         for r in range(rows):
-            r_addr = self.r_addr
-            if addr_reg:
-                r_addr = _kept_reg(m, self.r_addr[:min(aw, wbits)], self.r_en, f"ra{r}")
             chunk = self.init[r * words:(r + 1) * words]
             dout = []
             for c in range(cols):
@@ -162,6 +190,9 @@ class BlockRam(wiring.Component):
                 n = min(bits, self.width - lo)
                 vals = [(v >> lo) & ((1 << n) - 1) for v in chunk]
                 do = Signal(18, name=f"do_{r}_{c}")
+                r_addr = root
+                if addr_copy:
+                    r_addr = _kept_reg(m, root[:min(aw, wbits)], self.r_en, f"ra_{r}_{c}")
                 ports = {}
                 for i in range(14):
                     j = i - lsb
@@ -190,14 +221,14 @@ class BlockRam(wiring.Component):
                 dout.append(do[:n])
             from amaranth import Cat
             row = Cat(*dout)
-            if self.latency == 3:
+            if block_reg:
                 reg = Signal(len(row), name=f"row{r}")
                 with m.If(self.r_en):
                     m.d.sync += reg.eq(row)
                 row = reg
             row_out.append(row)
         out = _mux_tree(sel, row_out)
-        if self.latency == 4:
+        if mux_reg:
             reg = Signal(self.width, name="rd_mux")
             with m.If(self.r_en):
                 m.d.sync += reg.eq(out)
