@@ -33,12 +33,12 @@ per-layer cycle counts, one per program descriptor).
 from __future__ import annotations
 
 from amaranth import Cat, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .bram import BlockRam
+from .credit import StreamSlice
 from .accel_if import OUT_LATENCY, AccelParams, AccelSignature
 from .layer_io import (KIND_ADD, KIND_ARRAY, KIND_AVGPOOL, KIND_DW, KIND_MAXPOOL,
                        MEM_LATENCY, AddUnit,
@@ -47,7 +47,10 @@ from .layer_io import (KIND_ADD, KIND_ARRAY, KIND_AVGPOOL, KIND_DW, KIND_MAXPOOL
 from .sequencer import Sequencer
 from .systolic import SystolicConv, SystolicParams
 
-__all__ = ["Accelerator", "AccelDebugSignature"]
+__all__ = ["Accelerator", "AccelDebugSignature", "WSTORE_LATENCY"]
+
+#: Read latency of the weight store (:class:`hwgen.hw.bram.BlockRam` latency 6).
+WSTORE_LATENCY = 6
 
 
 class AccelDebugSignature(AccelSignature):
@@ -123,8 +126,11 @@ class Accelerator(wiring.Component):
         assert lat == OUT_LATENCY, "logits are read straight from the arena"
         m.submodules.arena = arena = BlockRam(8, plan.arena_bytes, use_primitive=prim,
                                               name="arena", latency=lat)
+        # the weight store is the largest memory (about half the 85F's block RAMs, spread
+        # over the die): two more read stages than the others
         m.submodules.wstore = wstore = BlockRam(8 * C, len(words), words, writable=False,
-                                                use_primitive=prim, name="wstore", latency=lat)
+                                                use_primitive=prim, name="wstore",
+                                                latency=WSTORE_LATENCY)
         m.submodules.tstore = tstore = BlockRam(8, len(dw_bytes), [v & 0xFF for v in dw_bytes],
                                                 writable=False, use_primitive=prim,
                                                 name="tstore", latency=lat)
@@ -138,7 +144,7 @@ class Accelerator(wiring.Component):
         descs = [l.fields for l in self.layers]
         m.submodules.seq = seq = Sequencer(descs, R, len(sconv.param.addr), C)
         m.submodules.patch = patch = PatchFeeder(self.use_primitive)
-        m.submodules.wfeed = wfeed = WeightFeeder(C)
+        m.submodules.wfeed = wfeed = WeightFeeder(C, WSTORE_LATENCY)
         m.submodules.bfeed = bfeed = BiasFeeder(C)
         m.submodules.writer = writer = OutputWriter(C, sconv.o_stream.payload.shape())
         d = seq.desc
@@ -179,36 +185,43 @@ class Accelerator(wiring.Component):
             m.d.comb += [u.desc.eq(d), u.start.eq(seq.run_start & on_array)]
         wiring.connect(m, patch.o_stream, sconv.a_stream)
         wiring.connect(m, wfeed.o_stream, sconv.w_stream)
-        wiring.connect(m, bfeed.o_stream, sconv.b_stream)
-        # between the requantiser and the writer: a register stage that looks up the beat's
-        # lane count (nvtab, filled per layer by the sequencer) and a small FIFO, so neither
-        # the writer's ready nor any channel arithmetic reaches the requantiser's pipeline
-        # enable combinationally
+        # the bias vector (C x 32 bits) crosses from the bias feeder to the array's
+        # accumulators through a register stage of its own
+        m.submodules.bslice = bslice = StreamSlice(bfeed.o_stream.payload.shape())
+        wiring.connect(m, bfeed.o_stream, bslice.i_stream)
+        wiring.connect(m, bslice.o_stream, sconv.b_stream)
+        # between the array's output FIFO and the writer: a register stage that looks up the
+        # beat's lane count (nvtab, filled per layer by the sequencer) and a stream register,
+        # so no channel arithmetic sits on a ready path
         olay = sconv.o_stream.payload.shape()
         nv_depth = max(f["out_c"] for f in descs if not f["skip"])
         m.submodules.nvtab = nvtab = BlockRam(8, nv_depth, use_primitive=False, name="nvtab")
-        m.submodules.ofifo = ofifo = SyncFIFOBuffered(width=olay.size + 8, depth=4)
+        wlay = data.StructLayout({"beat": olay, "nv_m1": unsigned(8)})
+        m.submodules.oslice = oslice = StreamSlice(wlay)
         so = sconv.o_stream
         s_v = Signal()
         s_beat = Signal(olay.size)
-        take = so.valid & (~s_v | ofifo.w_rdy)
-        m.d.comb += [so.ready.eq(~s_v | ofifo.w_rdy),
+        take = so.valid & (~s_v | oslice.i_stream.ready)
+        m.d.comb += [so.ready.eq(~s_v | oslice.i_stream.ready),
                      nvtab.w_en.eq(seq.pt_en), nvtab.w_addr.eq(seq.pt_addr),
                      nvtab.w_data.eq(seq.nv_data),
                      nvtab.r_addr.eq(so.payload.ch), nvtab.r_en.eq(take),
-                     ofifo.w_en.eq(s_v), ofifo.w_data.eq(Cat(s_beat, nvtab.r_data)),
-                     writer.i_stream.valid.eq(ofifo.r_rdy),
-                     writer.i_stream.payload.eq(ofifo.r_data[:olay.size]),
-                     writer.nv_m1.eq(ofifo.r_data[olay.size:]),
-                     ofifo.r_en.eq(writer.i_stream.ready)]
+                     oslice.i_stream.valid.eq(s_v),
+                     oslice.i_stream.payload.beat.eq(s_beat),
+                     oslice.i_stream.payload.nv_m1.eq(nvtab.r_data),
+                     writer.i_stream.valid.eq(oslice.o_stream.valid),
+                     writer.i_stream.payload.eq(oslice.o_stream.payload.beat),
+                     writer.nv_m1.eq(oslice.o_stream.payload.nv_m1),
+                     oslice.o_stream.ready.eq(writer.i_stream.ready)]
         with m.If(take):
             m.d.sync += [s_v.eq(1), s_beat.eq(so.payload)]
-        with m.Elif(s_v & ofifo.w_rdy):
+        with m.Elif(s_v & oslice.i_stream.ready):
             m.d.sync += s_v.eq(0)
         cfg = sconv.cfg
         # the layer's shape, registered here (static while the layer runs, settled long
         # before the array samples it with the layer's first beat)
-        m.d.sync += [cfg.pixels.eq(d.pixels), cfg.k.eq(d.k), cfg.groups.eq(d.groups),
+        m.d.sync += [cfg.pixels.eq(d.pixels), cfg.tiles_m1.eq(d.tiles_m1),
+                     cfg.last_rows_m1.eq(d.last_rows_m1), cfg.k.eq(d.k), cfg.groups.eq(d.groups),
                      cfg.otiles.eq(d.otiles), cfg.beats.eq(d.gk),
                      cfg.cout_g.eq(d.cout_g), cfg.x_zp.eq(d.x_zp),
                      sconv.zero_point.eq(d.y_zp), sconv.lo.eq(d.lo), sconv.hi.eq(d.hi)]

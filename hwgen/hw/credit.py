@@ -19,7 +19,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["CreditFifo"]
+__all__ = ["CreditFifo", "StreamSlice"]
 
 
 class CreditFifo(wiring.Component):
@@ -89,4 +89,29 @@ class CreditFifo(wiring.Component):
         m.d.comb += nxt.eq(cnt + self.issue - popped)
         m.d.sync += [cnt.eq(nxt), self.allow.eq(nxt + self.lag + 1 <= self.depth)]
         m.d.comb += self.busy.eq(cnt != 0)
+        return m
+
+
+class StreamSlice(wiring.Component):
+    """One register stage in a stream (a beat takes a cycle more): splits a long route
+    between producer and consumer into two hops. ``i_stream.ready`` is
+    ``~full | o_stream.ready``: one gate behind the consumer's ready (keep that a register).
+    Full throughput only when the consumer's ready is high on consecutive beats.
+    """
+
+    def __init__(self, shape):
+        self.shape = shape
+        super().__init__({"i_stream": In(stream.Signature(shape)),
+                          "o_stream": Out(stream.Signature(shape))})
+
+    def elaborate(self, platform):
+        m = Module()
+        i, o = self.i_stream, self.o_stream
+        data = Signal(self.shape)
+        full = Signal()
+        m.d.comb += [o.valid.eq(full), o.payload.eq(data), i.ready.eq(~full | o.ready)]
+        with m.If(i.valid & i.ready):
+            m.d.sync += [data.eq(i.payload), full.eq(1)]
+        with m.Elif(o.ready):
+            m.d.sync += full.eq(0)
         return m

@@ -344,7 +344,7 @@ class DwUnit(wiring.Component):
                 with m.Else():
                     m.d.sync += [ox.eq(ox + 1), ox_last.eq(ox == owm2), col0.eq(col0 + d.sw),
                                  dist.eq(col_m1), emit.eq(col_is1)]
-            with m.Elif(dist != 0):
+            with m.Else():      # emit == (dist == 0) always: not emitting means dist > 0
                 m.d.sync += [dist.eq(dist - 1), emit.eq(dist == 1)]
 
         # ---- metadata pipeline: issue -> S1 (arena data) -> S2 (line buffer) -> S3 (BRAM

@@ -87,6 +87,7 @@ DESC = data.StructLayout({
     "cin_g_m1": unsigned(16), "kw_m1": unsigned(8), "kh_m1": unsigned(8),
     "groups_m1": unsigned(16), "out_w_m1": unsigned(16), "out_h_m1": unsigned(16),
     "otiles_m1": unsigned(16), "tiles_m1": unsigned(24), "wbeats_m1": unsigned(32),
+    "last_rows_m1": unsigned(8),  # pixels in the last pixel tile - 1
     "row_stride": unsigned(24),   # in_w * in_pitch: one input row
     "col_step": unsigned(24),     # sw * in_pitch: next output pixel's window
     "row_step": unsigned(24),     # sh * in_w * in_pitch: next output row's window
@@ -143,6 +144,7 @@ def _finish(f: dict, rows: int) -> dict:
     f["out_pix"] = f["out_h"] * f["out_w"]
     for k in ("cin_g", "kw", "kh", "groups", "out_w", "out_h", "otiles", "tiles", "wbeats"):
         f[f"{k}_m1"] = max(f[k] - 1, 0)
+    f["last_rows_m1"] = max(f["pixels"] - max(f["tiles"] - 1, 0) * rows - 1, 0)
     f["col_step"] = f["sw"] * f["in_pitch"]
     f["row_step"] = f["sh"] * f["row_stride"]
     f["org"] = (f["in_addr"] - (f["pad_t"] * f["in_w"] + f["pad_l"]) * f["in_pitch"]) % (1 << 24)
@@ -329,8 +331,8 @@ class PatchFeeder(wiring.Component):
     Order: for each output pixel (raster), for each group, (ky, kx, ci) -- the systolic
     array's ``a_stream`` order with ``L = 1``; cells outside the input give ``x_zp``.
     Throughput one byte per cycle (counters, a nine-stage address pipeline with its two
-    multiplications on registered MULT18X18Ds, the block-RAM read, FIFO); latency
-    ``MEM_LATENCY + 11``.
+    multiplications on registered MULT18X18Ds, the block-RAM read, a data register, FIFO);
+    latency ``MEM_LATENCY + 12``.
 
     Members
     -------
@@ -360,7 +362,7 @@ class PatchFeeder(wiring.Component):
         # its inputs, its output and once in the fabric), S5 pixel, S6..S8 pixel * pitch
         # (the same), S9 address (registered into the block RAM), then the arena's
         # MEM_LATENCY read stages
-        n = 9 + MEM_LATENCY
+        n = 10 + MEM_LATENCY       # the arena's data land in stage n - 1, are registered
         v = [Signal(name=f"v{i}") for i in range(1, n + 1)]
         inb = [Signal(name=f"inb{i}") for i in range(1, n + 1)]
         s1_iy, s1_ix = Signal(signed(18)), Signal(signed(18))
@@ -384,8 +386,9 @@ class PatchFeeder(wiring.Component):
                      mul_pix.a.eq(pix5), mul_pix.b.eq(d.in_pitch)]
         m.d.sync += [pix5.eq(mul_row.p[:17] + ixs[2]),
                      self.rd_addr.eq(d.in_addr + mul_pix.p[:24] + cs[7])]
-        m.d.comb += [fifo.issue.eq(issue), fifo.w_en.eq(v[-1]),
-                     fifo.w_data.eq(Mux(inb[-1], self.rd_data, d.x_zp)),
+        byte = Signal(signed(8))
+        m.d.sync += byte.eq(Mux(inb[-2], self.rd_data, d.x_zp))
+        m.d.comb += [fifo.issue.eq(issue), fifo.w_en.eq(v[-1]), fifo.w_data.eq(byte),
                      self.o_stream.valid.eq(fifo.o_stream.valid),
                      self.o_stream.payload.eq(fifo.o_stream.payload),
                      fifo.o_stream.ready.eq(self.o_stream.ready)]
@@ -414,8 +417,8 @@ class PatchFeeder(wiring.Component):
 class WeightFeeder(wiring.Component):
     """Replays a layer's weight block once per pixel tile: ``groups * otiles * k`` beats of
     ``cols`` int8 (weight-store words; depthwise: the tap byte in lane 0; pooling: 1 in
-    lane 0). One beat per cycle, latency ``MEM_LATENCY + 2`` cycles (address register, the
-    weight store's read, FIFO).
+    lane 0). One beat per cycle, latency ``w_latency + 2`` cycles (address register, the
+    weight store's read, FIFO; ``MEM_LATENCY + 2`` from the tap memory).
 
     Members
     -------
@@ -425,8 +428,9 @@ class WeightFeeder(wiring.Component):
     """
     DEPTH = 16
 
-    def __init__(self, cols: int):
+    def __init__(self, cols: int, w_latency: int = MEM_LATENCY):
         self.cols = cols
+        self.w_latency = w_latency
         super().__init__({
             "desc": In(DESC), "start": In(1), "done": Out(1, init=1),
             "w_addr": Out(24), "w_data": In(8 * cols), "t_addr": Out(24), "t_data": In(signed(8)),
@@ -442,8 +446,9 @@ class WeightFeeder(wiring.Component):
         pt = Signal(24)
         i = Signal(32)
         n = Signal(32)
-        # S1: address register; then the read stages of the weight store and the tap memory
-        v = [Signal(name=f"v{k}") for k in range(1, MEM_LATENCY + 2)]
+        # S1: address register; then the read stages of the weight store (w_latency) or the
+        # tap memory (MEM_LATENCY)
+        v = [Signal(name=f"v{k}") for k in range(1, max(self.w_latency, MEM_LATENCY) + 2)]
         m.d.comb += self.done.eq(~run)
         issue = run & fifo.allow
         addr = Signal(24)
@@ -459,7 +464,8 @@ class WeightFeeder(wiring.Component):
                 m.d.comb += word.eq(t_d.as_unsigned())
             with m.Default():
                 m.d.comb += word.eq(1)
-        m.d.comb += [fifo.issue.eq(issue), fifo.w_en.eq(v[-1]), fifo.w_data.eq(word),
+        landed = Mux(d.mode == MODE_WORD, v[self.w_latency], v[MEM_LATENCY])
+        m.d.comb += [fifo.issue.eq(issue), fifo.w_en.eq(landed), fifo.w_data.eq(word),
                      self.o_stream.valid.eq(fifo.o_stream.valid),
                      self.o_stream.payload.eq(fifo.o_stream.payload),
                      fifo.o_stream.ready.eq(self.o_stream.ready)]
@@ -505,14 +511,17 @@ class BiasFeeder(wiring.Component):
         obase = Signal(24)       # g * cout_g + ot * C
         rem = Signal(signed(18))  # cout_g - ot * C
         vec = Signal(data.ArrayLayout(signed(32), C))
-        cap_vs = [Signal(name=f"cap_v{k}") for k in range(MEM_LATENCY)]
-        cap_ls = [Signal(range(C), name=f"cap_lane{k}") for k in range(MEM_LATENCY)]
+        # the read address is registered (one cycle), then the channel store's read
+        lat = MEM_LATENCY + 1
+        cap_vs = [Signal(name=f"cap_v{k}") for k in range(lat)]
+        cap_ls = [Signal(range(C), name=f"cap_lane{k}") for k in range(lat)]
         cap_v0, cap_v, cap_lane0, cap_lane = cap_vs[0], cap_vs[-1], cap_ls[0], cap_ls[-1]
         nvalid = Mux(rem > C, C, rem)
-        m.d.comb += [self.rd_addr.eq(d.ch_base + obase + c), self.o_stream.payload.eq(vec)]
+        m.d.sync += self.rd_addr.eq(d.ch_base + obase + c)
+        m.d.comb += self.o_stream.payload.eq(vec)
         m.d.sync += cap_v0.eq(0)
-        m.d.sync += [cap_vs[k].eq(cap_vs[k - 1]) for k in range(1, MEM_LATENCY)]
-        m.d.sync += [cap_ls[k].eq(cap_ls[k - 1]) for k in range(1, MEM_LATENCY)]
+        m.d.sync += [cap_vs[k].eq(cap_vs[k - 1]) for k in range(1, lat)]
+        m.d.sync += [cap_ls[k].eq(cap_ls[k - 1]) for k in range(1, lat)]
         # the vector is cleared the cycle after a beat leaves (a registered flag: the
         # array's ready does not reach the C x 32 vector bits); FILL's first capture lands
         # MEM_LATENCY cycles later
@@ -534,9 +543,9 @@ class BiasFeeder(wiring.Component):
                     m.d.sync += [cap_v0.eq(1), cap_lane0.eq(c), c.eq(c + 1)]
                 with m.Else():
                     m.next = "SETTLE"
-            for k in range(MEM_LATENCY):        # the last record's read lands
+            for k in range(lat):                # the last record's read lands
                 with m.State("SETTLE" if k == 0 else f"SETTLE{k}"):
-                    m.next = f"SETTLE{k + 1}" if k + 1 < MEM_LATENCY else "OUT"
+                    m.next = f"SETTLE{k + 1}" if k + 1 < lat else "OUT"
             with m.State("OUT"):
                 m.d.comb += self.o_stream.valid.eq(1)
                 with m.If(self.o_stream.ready):

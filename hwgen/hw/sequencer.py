@@ -4,7 +4,7 @@ The program store (block RAM, one :data:`hwgen.hw.layer_io.DESC` word per progra
 descriptor, initialised from the compiler's program by
 :func:`hwgen.hw.layer_io.layer_descriptors`) is read in order. Per layer the FSM
 
-1. ``FETCH``/``LATCH``: reads the descriptor into the layer register (2 cycles); address
+1. ``FETCH``/``FETCH2``/``LATCH``: reads the descriptor into the layer register (3 cycles); address
    remaps (``skip``) go straight to ``NEXT``;
 2. ``PARAM``: one cycle per output channel: writes the channel's place-table entry (its
    offset in the output tensor's pixel, after concat offsets and channel shuffle) and, for
@@ -21,12 +21,14 @@ Overhead per layer: about ``out_c + 7`` cycles outside ``RUN``.
 """
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
+from .bram import _kept_reg
+from .dsp import use_primitive_for
 from .layer_io import DESC, MEM_LATENCY
 from .requant import PARAM_LAYOUT
 
@@ -55,6 +57,9 @@ class Sequencer(wiring.Component):
     dbg_addr: In, dbg_data: Out(32): registered read of the per-layer cycle counts.
     """
 
+    #: Width of one program-ROM slice (each has its own copy of the descriptor index).
+    ROM_SLICE = 128
+
     def __init__(self, descs: list[dict], rows: int, rq_ch_bits: int, cols: int = 1):
         self.descs = descs
         self.rows = rows
@@ -72,9 +77,7 @@ class Sequencer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.rom = rom = Memory(shape=DESC, depth=self.n, init=self.descs)
         m.submodules.lcyc = lmem = Memory(shape=unsigned(32), depth=self.n, init=[])
-        rp = rom.read_port()
         lw = lmem.write_port()
         lr = lmem.read_port()
         m.d.comb += [lr.addr.eq(self.dbg_addr), self.dbg_data.eq(lr.data)]
@@ -82,7 +85,29 @@ class Sequencer(wiring.Component):
         d = Signal(DESC)
         m.d.comb += self.desc.eq(d)
         idx = Signal(self.ab)
-        m.d.comb += [rp.addr.eq(idx), self.index.eq(idx)]
+        m.d.comb += self.index.eq(idx)
+        # The program ROM in slices of ROM_SLICE bits, each read through its own copy of
+        # the descriptor index (on ECP5 kept apart): one index register would drive the
+        # address inputs of every LUT of a ~1000-bit-wide ROM. FETCH loads the copies,
+        # FETCH2 the slices' read registers, LATCH the descriptor.
+        prim = use_primitive_for(platform, None)
+        words = [DESC.const(f).as_value().value for f in self.descs]
+        rom_data = []
+        for k, lo in enumerate(range(0, DESC.size, self.ROM_SLICE)):
+            w = min(self.ROM_SLICE, DESC.size - lo)
+            mem = Memory(shape=unsigned(w), depth=self.n,
+                         init=[(v >> lo) & ((1 << w) - 1) for v in words])
+            m.submodules[f"rom{k}"] = mem
+            rpk = mem.read_port()
+            if prim:
+                ak = _kept_reg(m, idx, Const(1, 1), f"idx{k}")
+            else:
+                ak = Signal(self.ab, name=f"idx{k}")
+                m.d.sync += ak.eq(idx)
+            m.d.comb += rpk.addr.eq(ak)
+            rom_data.append(rpk.data)
+        rom_word = Signal(DESC)
+        m.d.comb += rom_word.as_value().eq(Cat(*rom_data))
         lcyc = Signal(32)
         m.d.sync += lcyc.eq(lcyc + 1)
         o = Signal(17)
@@ -116,11 +141,13 @@ class Sequencer(wiring.Component):
                     m.next = "FETCH"
             with m.State("FETCH"):
                 m.d.sync += lcyc.eq(1)
+                m.next = "FETCH2"
+            with m.State("FETCH2"):
                 m.next = "LATCH"
             with m.State("LATCH"):
-                m.d.sync += [d.eq(rp.data), o.eq(0), og.eq(0), q.eq(rp.data.sh_q0),
-                             r.eq(rp.data.sh_r0), rg.eq(rp.data.sh_rg0)]
-                with m.If(rp.data.skip):
+                m.d.sync += [d.eq(rom_word), o.eq(0), og.eq(0), q.eq(rom_word.sh_q0),
+                             r.eq(rom_word.sh_r0), rg.eq(rom_word.sh_rg0)]
+                with m.If(rom_word.skip):
                     m.next = "NEXT"
                 with m.Else():
                     m.next = "PARAM"

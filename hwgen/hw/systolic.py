@@ -53,8 +53,8 @@ One beat (R*C MACs) per cycle while the current pixel tile is loaded and ``w_str
 valid. Loading a pixel tile takes ``nrows * ceil(groups*K/L)`` cycles and overlaps the
 previous tile's ``groups * otiles * K`` compute cycles, so the array is compute bound when
 ``otiles * L >= R`` (e.g. 64 -> 64 channels on 8 x 8 with L = 2). Latency from a tile's last
-beat to its first output beat: 8 cycles (activation RAM with output register: 2,
-x - x_zp: 1, MULT18X18D: 3, accumulate: 1, output register: 1). The output has no
+beat to its first output beat: 9 cycles (activation RAM: a per-row address register, the
+RAM, its output register: 3, x - x_zp: 1, MULT18X18D: 3, accumulate: 1, output register: 1). The output has no
 backpressure: the consumer hands out credits (``o_allow``, :class:`hwgen.hw.credit.CreditFifo`)
 and a row drains only with one, so no ready signal reaches the array's wide registers.
 A layer's first beat waits one extra cycle (cfg sampling).
@@ -143,6 +143,8 @@ class SystolicParams:
     def config_layout(self) -> data.StructLayout:
         return data.StructLayout({
             "pixels": unsigned(ceil_log2(self.max_pixels + 1)),
+            "tiles_m1": unsigned(ceil_log2(self.max_pixels + 1)),
+            "last_rows_m1": unsigned(max(1, ceil_log2(self.rows))),
             "k": unsigned(ceil_log2(self.max_k + 1)),
             "groups": unsigned(ceil_log2(self.max_groups + 1)),
             "otiles": unsigned(ceil_log2(self.max_otiles + 1)),
@@ -217,7 +219,10 @@ class SystolicLayer:
     def config(self, p: SystolicParams) -> dict:
         """Values of :attr:`SystolicParams.config_layout` for this layer."""
         self.check(p)
-        return {"pixels": self.pixels, "k": self.k, "groups": self.groups,
+        tiles = self.tiles(p)
+        return {"pixels": self.pixels, "tiles_m1": tiles - 1,
+                "last_rows_m1": self.pixels - (tiles - 1) * p.rows - 1,
+                "k": self.k, "groups": self.groups,
                 "otiles": self.otiles(p), "beats": self.beats(p), "cout_g": self.cout_g,
                 "x_zp": self.x_zp}
 
@@ -347,8 +352,9 @@ class SystolicArray(wiring.Component):
     w_stream : In(stream.Signature(ArrayLayout(signed(8), C)))
         Weights, one beat per reduction index per output tile.
     b_stream : In(stream.Signature(ArrayLayout(signed(32), C)))
-        Biases, one beat per output tile, prefetched into a register one tile ahead (the
-        accumulators start from it).
+        Biases, one beat per output tile (the accumulators start from it); taken when the
+        tile's first beat reaches the accumulators, so it waits at the stream's head (valid,
+        payload stable) while the tile's first beats are issued.
     o_stream : Out(stream.Signature(params.out_layout, always_ready=True))
         ``acc[c] = sum((x - x_zp) * w) + bias`` (int32 wrap-around) of output channel
         ``ch + c`` at output pixel ``pix``, one pixel row per beat; no ready: a beat is
@@ -408,7 +414,7 @@ class SystolicArray(wiring.Component):
         w_fresh = Signal(init=1)          # waiting for a layer's first beat
         beat_rem = Signal(range(p.words + 1))
         row_rem = Signal(range(R))
-        w_left = Signal(pw)               # pixels left in the layer, current tile included
+        w_trem = Signal(pw)               # pixel tiles left after the current one
         w_nrows = Signal(range(R + 1))    # rows of the tile being loaded
         w_last = Signal()                 # it is the layer's last tile
         wr_bank = Signal()
@@ -436,35 +442,43 @@ class SystolicArray(wiring.Component):
                              ram.w_data.eq(w_q[AW + 1 + 8 * l:AW + 9 + 8 * l]),
                              ram.w_en.eq(w_q[-1])]
 
-        def first_rows(left):
-            return Mux(left <= R, left, R)
-
+        # tile bookkeeping from the configuration's tile count and last-tile rows: no
+        # subtraction or comparison of pixel counts at a tile boundary; "at zero" flags of
+        # the beat and row counters are registers too
+        beat_z, row_z = Signal(), Signal()
         with m.If(w_fresh & a.valid):
-            m.d.sync += [w_fresh.eq(0), w_left.eq(cfg.pixels), w_last.eq(cfg.pixels <= R),
-                         w_nrows.eq(first_rows(cfg.pixels)), row_rem.eq(first_rows(cfg.pixels) - 1),
-                         beat_rem.eq(cfg.beats - 1), wr_row.eq(0), wr_beat.eq(0), wr_base.eq(0)]
+            last0 = cfg.tiles_m1 == 0
+            m.d.sync += [w_fresh.eq(0), w_trem.eq(cfg.tiles_m1), w_last.eq(last0),
+                         w_nrows.eq(Mux(last0, cfg.last_rows_m1 + 1, R)),
+                         row_rem.eq(Mux(last0, cfg.last_rows_m1, R - 1)),
+                         row_z.eq(Mux(last0, cfg.last_rows_m1 == 0, R == 1)),
+                         beat_rem.eq(cfg.beats - 1), beat_z.eq(cfg.beats == 1),
+                         wr_row.eq(0), wr_beat.eq(0), wr_base.eq(0)]
         tile_loaded = Signal()
-        nxt_left = Signal(pw)
-        m.d.comb += nxt_left.eq(w_left - R)
         with m.If(a_fire):
-            with m.If(beat_rem == 0):
-                m.d.sync += [beat_rem.eq(cfg.beats - 1), wr_beat.eq(0)]
-                with m.If(row_rem == 0):
+            with m.If(beat_z):
+                m.d.sync += [beat_rem.eq(cfg.beats - 1), beat_z.eq(cfg.beats == 1),
+                             wr_beat.eq(0)]
+                with m.If(row_z):
                     m.d.comb += tile_loaded.eq(1)
                     for b in (0, 1):
                         with m.If(wr_bank == b):
                             m.d.sync += [bank_nrows[b].eq(w_nrows), bank_last[b].eq(w_last),
                                          bank_pix[b].eq(wr_base)]
+                    nlast = w_trem == 1
                     m.d.sync += [wr_bank.eq(~wr_bank), wr_row.eq(0), wr_base.eq(wr_base + R),
-                                 w_left.eq(nxt_left), w_last.eq(nxt_left <= R),
-                                 w_nrows.eq(first_rows(nxt_left)),
-                                 row_rem.eq(first_rows(nxt_left) - 1)]
+                                 w_trem.eq(w_trem - 1), w_last.eq(nlast),
+                                 w_nrows.eq(Mux(nlast, cfg.last_rows_m1 + 1, R)),
+                                 row_rem.eq(Mux(nlast, cfg.last_rows_m1, R - 1)),
+                                 row_z.eq(Mux(nlast, cfg.last_rows_m1 == 0, R == 1))]
                     with m.If(w_last):
                         m.d.sync += w_fresh.eq(1)
                 with m.Else():
-                    m.d.sync += [row_rem.eq(row_rem - 1), wr_row.eq(wr_row + 1)]
+                    m.d.sync += [row_rem.eq(row_rem - 1), row_z.eq(row_rem == 1),
+                                 wr_row.eq(wr_row + 1)]
             with m.Else():
-                m.d.sync += [beat_rem.eq(beat_rem - 1), wr_beat.eq(wr_beat + 1)]
+                m.d.sync += [beat_rem.eq(beat_rem - 1), beat_z.eq(beat_rem == 1),
+                             wr_beat.eq(wr_beat + 1)]
 
         # ---- issue: bank rd_bank x w_stream -> beats ---------------------------------------
         r_fresh = Signal(init=1)          # next tile starts a layer: load counts from cfg
@@ -482,23 +496,34 @@ class SystolicArray(wiring.Component):
         tile_end = is_last & (ot_rem == 0) & (g_rem == 0)
         have = Mux(rd_bank, full[1], full[0])
         w, bs = self.w_stream, self.b_stream
-        # a tile's bias waits in bias_r; its first beat issues only when the bias is there
-        # and no other first beat is still on its way to the accumulators, which start
-        # from bias_r and release it (w_stream.ready depends on registers only)
+        # A tile's bias waits at the head of b_stream (valid and stable until taken): its
+        # first beat issues only when the bias is there and no other first beat is still on
+        # its way to the accumulators; b_stream is taken (ready) when that beat reaches them.
+        # bias_r is a free-running copy of the payload (no enable on its C x 32 bits): the
+        # payload is stable from the first beat's issue to the accumulators' use.
         bias_r = Signal(data.ArrayLayout(ACC, C))
-        bias_ok = Signal()                # bias_r holds the next tile's bias
+        m.d.sync += bias_r.eq(bs.payload)
+        bias_ok = bs.valid                # the next tile's bias is there
         bias_used = Signal()              # a first beat is in flight
-        m.d.comb += bs.ready.eq(~bias_ok)
-        with m.If(bs.valid & ~bias_ok):
-            m.d.sync += [bias_r.eq(bs.payload), bias_ok.eq(1)]
         m.d.comb += w.ready.eq(have & ~r_fresh & ~(is_last & pending)
                                & ~(k_first & (bias_used | ~bias_ok)))
         issue = w.valid & w.ready
         with m.If(issue & k_first):
             m.d.sync += bias_used.eq(1)
+        # the read address reaches each row's RAMs through a register of that row's own
+        # (kept apart on ECP5), so the RAM data arrive one stage later (stage s2x below)
+        rd_addr = []
+        for r in range(R):
+            ra = Cat((j >> lb)[:AW], rd_bank)
+            if prim:
+                rd_addr.append(_kept_reg(m, ra, Const(1, 1), f"rd_r{r}"))
+            else:
+                q = Signal(len(ra), name=f"rd_r{r}")
+                m.d.sync += q.eq(ra)
+                rd_addr.append(q)
         for r in range(R):
             for l in range(L):
-                m.d.comb += rams[r][l].r_addr.eq(Cat((j >> lb)[:AW], rd_bank))
+                m.d.comb += rams[r][l].r_addr.eq(rd_addr[r])
         with m.If(r_fresh & have):
             m.d.sync += [r_fresh.eq(0), k_rem.eq(cfg.k - 1), ot_rem.eq(cfg.otiles - 1),
                          g_rem.eq(cfg.groups - 1), k_first.eq(1), j.eq(0), jbase.eq(0),
@@ -548,6 +573,11 @@ class SystolicArray(wiring.Component):
         s2_lane = Signal(max(lb, 1))
         s2_w = Signal(data.ArrayLayout(signed(8), C))
         m.d.sync += [s2.eq(s1), s2_lane.eq(s1_lane), s2_w.eq(s1_w)]
+        s2x = Signal(flag_layout)
+        s2x_lane = Signal(max(lb, 1))
+        s2x_w = Signal(data.ArrayLayout(signed(8), C))
+        m.d.sync += [s2x.eq(s2), s2x_lane.eq(s2_lane), s2x_w.eq(s2_w)]
+        s2, s2_lane, s2_w = s2x, s2x_lane, s2x_w
         s3 = Signal(flag_layout)
         s3_w = Signal(data.ArrayLayout(signed(8), C))
         m.d.sync += [s3.eq(s2), s3_w.eq(s2_w)]
@@ -622,7 +652,8 @@ class SystolicArray(wiring.Component):
         move = (sh_rows != 0) & allow_r
         load = dly.valid & dly.last
         with m.If(dly.valid & dly.first):   # the tile's first beat took bias_r
-            m.d.sync += [bias_ok.eq(0), bias_used.eq(0)]
+            m.d.sync += bias_used.eq(0)
+        m.d.comb += bs.ready.eq(dly.valid & dly.first)
         with m.If(load):
             m.d.sync += [sh_rows.eq(dly.nrows), sh_ch.eq(dly.ch),
                          sh_pix.eq(dly.pix)]

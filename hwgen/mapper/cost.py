@@ -101,21 +101,21 @@ __all__ = [
 ]
 
 # --- cycles -------------------------------------------------------------------------------
-#: Sequencer cycles per executed layer besides one PARAM cycle per output channel: FETCH,
+#: Sequencer cycles per executed layer besides one PARAM cycle per output channel: FETCH, FETCH2,
 #: LATCH, START, NEXT and the placer's drain (hw/sequencer.py, hw/layer_io.py Placer).
-SEQ_OVERHEAD = 9
+SEQ_OVERHEAD = 10
 #: Systolic layer fill and drain: patch-address pipeline (7), array (8), requantiser (18),
 #: placer (4) and handshakes, less what overlaps; fitted to measured MobileNet layers
 #: (pw8 9,435, pw14 13,111, fc 559, GAP 4,908, conv1 62,333 cycles on 6 x 12: all within
 #: +-0.5 %).
 SA_PIPE = 34
 #: A step's last beat waits until the previous step's shadow bank has drained: the array's
-#: latency from a last beat to the shadow bank (7 cycles) plus one row per cycle
+#: latency from a last beat to the shadow bank (8 cycles) plus one row per cycle
 #: (hw/systolic.py ``pending``).
-SA_DRAIN_GAP = 7
+SA_DRAIN_GAP = 8
 #: A step's bias vector: the bias feeder reads ``nv`` channel records, one per cycle, then
-#: two cycles (SETTLE, OUT) and the handshake (hw/layer_io.py BiasFeeder).
-SA_BIAS_GAP = 3
+#: the address register, two cycles (SETTLE, OUT) and the handshake (hw/layer_io.py BiasFeeder).
+SA_BIAS_GAP = 4
 #: Depthwise unit (hw/dwunit.py): extra cycles per channel plane. The unit streams channel
 #: planes back to back: measured in the accelerator (MobileNet 0.25/96, dw2..dw13, 6x6 to
 #: 48x48 planes) within 2 cycles of ``C*H*W + W + DW_LATENCY`` plus the sequencer, so 0.
