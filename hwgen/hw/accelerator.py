@@ -302,8 +302,8 @@ class Accelerator(wiring.Component):
     def _image_loader(self, m, hw: int, c_in: int):
         """Image bytes (``img_wr``, CHW raster ``addr = c * hw + p``) to placer requests:
         ``c = addr // hw`` as ``(addr * M) >> shift`` (exact over the image's addresses,
-        checked here), then ``c * hw``, then ``p = addr - c * hw``; four registered stages. Returns the
-        stage valid bits, ``c``, ``p`` and the data of the last stage."""
+        checked here), then ``c * hw``, then ``p = addr - c * hw``; four registered stages.
+        Returns the stage valid bits, ``c``, ``p`` and the data of the last stage."""
         n = max(c_in * hw, 2)
         mul, shift = _divider_constants(hw, n)
         v1, v2, v3, v4 = Signal(), Signal(), Signal(), Signal()
