@@ -220,8 +220,12 @@ class Requantizer(wiring.Component):
             m.d.comb += rounded.eq(top5 + inc5)
             a6 = reg(unsigned(24), L + "a6", Mux(rounded[24], 1 << 23, rounded[:24]))
             msb6 = reg(range(33), L + "msb6", msb5 + rounded[24])
-            m6 = delay(m2, 4, L + "m")
-            e6 = delay(e2, 4, L + "e")
+            # m2 / e2 take the parameter memory's output (the block's clock-to-out); a second
+            # register each, so nothing else pulls them away from the block
+            m3 = reg(unsigned(24), L + "m3", m2)
+            e3 = reg(unsigned(6), L + "e3", e2)
+            m6 = delay(m3, 3, L + "m")
+            e6 = delay(e3, 3, L + "e")
             neg6 = delay(neg2, 4, L + "neg")
             # S7..S11: mantissa product
             mul = UMul(24, 24, use_primitive=p.use_primitive)

@@ -493,7 +493,8 @@ class SystolicArray(wiring.Component):
         ch_base = Signal(p.ch_bits)    # first output channel of the current tile
         grp_base = Signal(p.ch_bits)   # first output channel of the current group
         is_last = Signal()                # k_rem == 0, registered
-        tile_end = is_last & (ot_rem == 0) & (g_rem == 0)
+        ot_z, g_z = Signal(), Signal()    # ot_rem == 0, g_rem == 0, registered
+        tile_end = is_last & ot_z & g_z
         have = Mux(rd_bank, full[1], full[0])
         w, bs = self.w_stream, self.b_stream
         # A tile's bias waits at the head of b_stream (valid and stable until taken): its
@@ -527,24 +528,28 @@ class SystolicArray(wiring.Component):
         with m.If(r_fresh & have):
             m.d.sync += [r_fresh.eq(0), k_rem.eq(cfg.k - 1), ot_rem.eq(cfg.otiles - 1),
                          g_rem.eq(cfg.groups - 1), k_first.eq(1), j.eq(0), jbase.eq(0),
-                         ch_base.eq(0), grp_base.eq(0), is_last.eq(cfg.k == 1)]
+                         ch_base.eq(0), grp_base.eq(0), is_last.eq(cfg.k == 1),
+                         ot_z.eq(cfg.otiles == 1), g_z.eq(cfg.groups == 1)]
         with m.If(issue):
             m.d.sync += k_first.eq(is_last)
             with m.If(is_last):
                 m.d.sync += [k_rem.eq(cfg.k - 1), j.eq(jbase), pending.eq(1),
                              is_last.eq(cfg.k == 1)]
-                with m.If(ot_rem == 0):
-                    m.d.sync += ot_rem.eq(cfg.otiles - 1)
-                    with m.If(g_rem == 0):
-                        m.d.sync += [g_rem.eq(cfg.groups - 1), jbase.eq(0), j.eq(0),
+                with m.If(ot_z):
+                    m.d.sync += [ot_rem.eq(cfg.otiles - 1), ot_z.eq(cfg.otiles == 1)]
+                    with m.If(g_z):
+                        m.d.sync += [g_rem.eq(cfg.groups - 1), g_z.eq(cfg.groups == 1),
+                                     jbase.eq(0), j.eq(0),
                                      rd_bank.eq(~rd_bank), grp_base.eq(0), ch_base.eq(0),
                                      r_fresh.eq(Mux(rd_bank, bank_last[1], bank_last[0]))]
                     with m.Else():
-                        m.d.sync += [g_rem.eq(g_rem - 1), jbase.eq(j + 1), j.eq(j + 1),
+                        m.d.sync += [g_rem.eq(g_rem - 1), g_z.eq(g_rem == 1),
+                                     jbase.eq(j + 1), j.eq(j + 1),
                                      grp_base.eq(grp_base + cfg.cout_g),
                                      ch_base.eq(grp_base + cfg.cout_g)]
                 with m.Else():
-                    m.d.sync += [ot_rem.eq(ot_rem - 1), ch_base.eq(ch_base + C)]
+                    m.d.sync += [ot_rem.eq(ot_rem - 1), ot_z.eq(ot_rem == 1),
+                                 ch_base.eq(ch_base + C)]
             with m.Else():
                 m.d.sync += [k_rem.eq(k_rem - 1), j.eq(j + 1), is_last.eq(k_rem == 1)]
 
@@ -651,9 +656,13 @@ class SystolicArray(wiring.Component):
         m.d.comb += [o.valid.eq(o_valid), o.payload.eq(o_data)]
         move = (sh_rows != 0) & allow_r
         load = dly.valid & dly.last
-        with m.If(dly.valid & dly.first):   # the tile's first beat took bias_r
+        # the tile's first beat took bias_r: the bias leaves the stream a cycle later (a
+        # registered ready), and only then may the next tile's first beat issue
+        consumed = Signal()
+        m.d.sync += consumed.eq(dly.valid & dly.first)
+        with m.If(consumed):
             m.d.sync += bias_used.eq(0)
-        m.d.comb += bs.ready.eq(dly.valid & dly.first)
+        m.d.comb += bs.ready.eq(consumed)
         with m.If(load):
             m.d.sync += [sh_rows.eq(dly.nrows), sh_ch.eq(dly.ch),
                          sh_pix.eq(dly.pix)]
@@ -817,13 +826,16 @@ class SystolicConv(wiring.Component):
                                                      depth=Requantizer.LATENCY + 4)
         src = sa.o_stream
         m.d.comb += [sa.o_allow.eq(cf.allow), cf.issue.eq(src.valid),
-                     rq.i_stream.valid.eq(src.valid),
                      mfifo.w_en.eq(src.valid), mfifo.w_data.eq(Cat(src.payload.ch, src.payload.pix))]
-        # lanes past the layer's channels read parameter words past the last channel (the
-        # memory is deep enough: no clamp between the array's output and the address)
+        # one register stage into the requantiser: each lane's accumulator and parameter
+        # address (ch + c: lanes past the layer's channels read words past the last channel,
+        # the memory is deep enough, so no clamp)
+        rq_in = Signal.like(rq.i_stream.payload)
+        rq_v = Signal()
+        m.d.sync += rq_v.eq(src.valid)
         for c in range(p.cols):
-            m.d.comb += [rq.i_stream.payload.acc[c].eq(src.payload.acc[c]),
-                         rq.i_stream.payload.ch[c].eq(src.payload.ch + c)]
+            m.d.sync += [rq_in.acc[c].eq(src.payload.acc[c]), rq_in.ch[c].eq(src.payload.ch + c)]
+        m.d.comb += [rq.i_stream.valid.eq(rq_v), rq.i_stream.payload.eq(rq_in)]
         md = Signal(meta)
         y = Signal(out)
         m.d.comb += [rq.o_stream.ready.eq(1), md.eq(mfifo.r_data),
