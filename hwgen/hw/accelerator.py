@@ -258,7 +258,14 @@ class Accelerator(wiring.Component):
         for k, v in done.items():
             if k != KIND_ARRAY:
                 layer_done = Mux(d.kind == k, v, layer_done)
-        m.d.comb += seq.layer_done.eq(layer_done & ~placer.busy)
+        # a write lands arena.write_stages cycles after the placer issued it
+        w_pend = [placer.wr_en]
+        for k in range(arena.write_stages):
+            nxt = Signal(name=f"w_pend{k + 1}")
+            m.d.sync += nxt.eq(w_pend[-1])
+            w_pend.append(nxt)
+        writing = placer.busy | Cat(*w_pend[1:]).any()
+        m.d.comb += seq.layer_done.eq(layer_done & ~writing)
 
         # host side: image load, start, status, logits
         busy = Signal()
@@ -290,7 +297,7 @@ class Accelerator(wiring.Component):
         pending = Signal()
         with m.If(~busy & self.start):
             m.d.sync += pending.eq(1)
-        with m.If(~busy & (self.start | pending) & ~placer.busy & ~Cat(*img_busy).any()):
+        with m.If(~busy & (self.start | pending) & ~writing & ~Cat(*img_busy).any()):
             m.d.sync += [busy.eq(1), count.eq(1), self.error.eq(0), pending.eq(0)]
             m.d.comb += seq.go.eq(1)
         with m.Elif(busy):

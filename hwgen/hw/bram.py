@@ -17,7 +17,7 @@ checked against yosys in ``tests/test_bram.py``.
 """
 from __future__ import annotations
 
-from amaranth import ClockSignal, Const, Module, Mux, Signal, unsigned
+from amaranth import Cat, ClockSignal, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -114,6 +114,12 @@ class BlockRam(wiring.Component):
         return {4: 1, 5: 1, 6: 2}.get(self.latency, 0)
 
     @property
+    def write_stages(self) -> int:
+        """Register stages in front of the write port (latency 4 and up: one, a copy per
+        block): a write lands this many cycles after ``w_en``."""
+        return 1 if self.writable and self.latency >= 4 else 0
+
+    @property
     def blocks(self) -> int:
         """DP16KD blocks of the primitive implementation."""
         _, cols, rows = dp16kd_geometry(self.width, self.depth)
@@ -143,8 +149,13 @@ class BlockRam(wiring.Component):
             m.d.comb += self.r_data.eq(data)
             if self.writable:
                 wp = mem.write_port()
-                m.d.comb += [wp.addr.eq(self.w_addr), wp.data.eq(self.w_data),
-                             wp.en.eq(self.w_en)]
+                w_addr, w_data, w_en = self.w_addr, self.w_data, self.w_en
+                if self.write_stages:
+                    w_addr, w_data, w_en = (Signal.like(w_addr, name="wa1"),
+                                            Signal.like(w_data, name="wd1"), Signal(name="we1"))
+                    m.d.sync += [w_addr.eq(self.w_addr), w_data.eq(self.w_data),
+                                 w_en.eq(self.w_en)]
+                m.d.comb += [wp.addr.eq(w_addr), wp.data.eq(w_data), wp.en.eq(w_en)]
             return m
 
         bits, cols, rows = dp16kd_geometry(self.width, self.depth)
@@ -193,33 +204,39 @@ class BlockRam(wiring.Component):
                 r_addr = root
                 if addr_copy:
                     r_addr = _kept_reg(m, root[:min(aw, wbits)], self.r_en, f"ra_{r}_{c}")
+                w_addr, w_data = self.w_addr if self.writable else None, None
+                if self.writable:
+                    w_data = self.w_data[lo:lo + n]
+                    wen = self.w_en if rows == 1 else self.w_en & (self.w_addr[wbits:] == r)
+                    if self.write_stages:
+                        # the write reaches each block from registers of its own (kept)
+                        wq = _kept_reg(m, Cat(self.w_addr[:min(aw, wbits)], w_data, wen),
+                                       Const(1, 1), f"wa_{r}_{c}")
+                        w_addr, w_data, wen = wq, wq[min(aw, wbits):-1], wq[-1]
+                else:
+                    wen = Const(0, 1)
                 ports = {}
                 for i in range(14):
                     j = i - lsb
                     in_range = 0 <= j < min(aw, wbits)
                     ports[f"i_ADB{i}"] = r_addr[j] if in_range else Const(0, 1)
                     if self.writable:
-                        ports[f"i_ADA{i}"] = self.w_addr[j] if in_range else Const(
+                        ports[f"i_ADA{i}"] = w_addr[j] if in_range else Const(
                             1 if (bits == 18 and i < 2) else 0, 1)   # 18-bit: byte enables
                     else:
                         ports[f"i_ADA{i}"] = Const(0, 1)
                 for i in range(18):
-                    ports[f"i_DIA{i}"] = (self.w_data[lo + i] if self.writable and i < n
+                    ports[f"i_DIA{i}"] = (w_data[i] if self.writable and i < n
                                           else Const(0, 1))
                     ports[f"i_DIB{i}"] = Const(0, 1)
                     ports[f"o_DOB{i}"] = do[i]
                 for i in range(3):
                     ports[f"i_CSA{i}"] = Const(0, 1)
                     ports[f"i_CSB{i}"] = Const(0, 1)
-                if self.writable:
-                    wen = self.w_en if rows == 1 else self.w_en & (self.w_addr[wbits:] == r)
-                else:
-                    wen = Const(0, 1)
                 params = {f"p_{k}": Const(v, 320) for k, v in initvals(vals, bits).items()}
                 m.submodules[f"bram_{r}_{c}"] = _instance(
                     bits, wen, self.r_en, ports, params, self.latency)
                 dout.append(do[:n])
-            from amaranth import Cat
             row = Cat(*dout)
             if block_reg:
                 reg = Signal(len(row), name=f"row{r}")

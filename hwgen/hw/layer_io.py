@@ -331,8 +331,8 @@ class PatchFeeder(wiring.Component):
     Order: for each output pixel (raster), for each group, (ky, kx, ci) -- the systolic
     array's ``a_stream`` order with ``L = 1``; cells outside the input give ``x_zp``.
     Throughput one byte per cycle (counters, a nine-stage address pipeline with its two
-    multiplications on registered MULT18X18Ds, the block-RAM read, a data register, FIFO);
-    latency ``MEM_LATENCY + 12``.
+    multiplications on registered MULT18X18Ds, the block-RAM read, two data registers,
+    FIFO); latency ``MEM_LATENCY + 13``.
 
     Members
     -------
@@ -362,7 +362,7 @@ class PatchFeeder(wiring.Component):
         # its inputs, its output and once in the fabric), S5 pixel, S6..S8 pixel * pitch
         # (the same), S9 address (registered into the block RAM), then the arena's
         # MEM_LATENCY read stages
-        n = 10 + MEM_LATENCY       # the arena's data land in stage n - 1, are registered
+        n = 11 + MEM_LATENCY       # the arena's data land in stage n - 2, registered twice
         v = [Signal(name=f"v{i}") for i in range(1, n + 1)]
         inb = [Signal(name=f"inb{i}") for i in range(1, n + 1)]
         s1_iy, s1_ix = Signal(signed(18)), Signal(signed(18))
@@ -386,8 +386,8 @@ class PatchFeeder(wiring.Component):
                      mul_pix.a.eq(pix5), mul_pix.b.eq(d.in_pitch)]
         m.d.sync += [pix5.eq(mul_row.p[:17] + ixs[2]),
                      self.rd_addr.eq(d.in_addr + mul_pix.p[:24] + cs[7])]
-        byte = Signal(signed(8))
-        m.d.sync += byte.eq(Mux(inb[-2], self.rd_data, d.x_zp))
+        raw, byte = Signal(signed(8)), Signal(signed(8))
+        m.d.sync += [raw.eq(self.rd_data), byte.eq(Mux(inb[-2], raw, d.x_zp))]
         m.d.comb += [fifo.issue.eq(issue), fifo.w_en.eq(v[-1]), fifo.w_data.eq(byte),
                      self.o_stream.valid.eq(fifo.o_stream.valid),
                      self.o_stream.payload.eq(fifo.o_stream.payload),
@@ -443,9 +443,8 @@ class WeightFeeder(wiring.Component):
         C = self.cols
         m.submodules.fifo = fifo = CreditFifo(8 * C, self.DEPTH)
         run = Signal()
-        pt = Signal(24)
-        i = Signal(32)
-        n = Signal(32)
+        pt = Signal(24)          # pixel tiles left after this one
+        i = Signal(32)           # beat of the current replay
         # S1: address register; then the read stages of the weight store (w_latency) or the
         # tap memory (MEM_LATENCY)
         v = [Signal(name=f"v{k}") for k in range(1, max(self.w_latency, MEM_LATENCY) + 2)]
@@ -469,13 +468,17 @@ class WeightFeeder(wiring.Component):
                      self.o_stream.valid.eq(fifo.o_stream.valid),
                      self.o_stream.payload.eq(fifo.o_stream.payload),
                      fifo.o_stream.ready.eq(self.o_stream.ready)]
+        # down-counters with registered "at zero" flags: no wide comparison behind issue
+        rem, rem_z, pt_z = Signal(32), Signal(), Signal()
         with m.If(self.start):
-            m.d.sync += [run.eq(1), pt.eq(0), i.eq(0), n.eq(d.wbeats_m1)]
+            m.d.sync += [run.eq(1), pt.eq(d.tiles_m1), pt_z.eq(d.tiles_m1 == 0), i.eq(0),
+                         rem.eq(d.wbeats_m1), rem_z.eq(d.wbeats_m1 == 0)]
         with m.Elif(issue):
-            m.d.sync += i.eq(i + 1)
-            with m.If(i == n):
-                m.d.sync += [i.eq(0), pt.eq(pt + 1)]
-                with m.If(pt == d.tiles_m1):
+            m.d.sync += [i.eq(i + 1), rem.eq(rem - 1), rem_z.eq(rem == 1)]
+            with m.If(rem_z):
+                m.d.sync += [i.eq(0), rem.eq(d.wbeats_m1), rem_z.eq(d.wbeats_m1 == 0),
+                             pt.eq(pt - 1), pt_z.eq(pt == 1)]
+                with m.If(pt_z):
                     m.d.sync += run.eq(0)
         return m
 
@@ -516,7 +519,15 @@ class BiasFeeder(wiring.Component):
         cap_vs = [Signal(name=f"cap_v{k}") for k in range(lat)]
         cap_ls = [Signal(range(C), name=f"cap_lane{k}") for k in range(lat)]
         cap_v0, cap_v, cap_lane0, cap_lane = cap_vs[0], cap_vs[-1], cap_ls[0], cap_ls[-1]
-        nvalid = Mux(rem > C, C, rem)
+        # records still to read for this beat (a down-counter: no comparison in FILL), and
+        # the count of the next beat, min(rem - C, C) and min(cout_g, C), kept in registers
+        # (rem is stable from OUT to the next OUT, at least MEM_LATENCY + 2 cycles)
+        left = Signal(range(C + 1))
+        nv_next, nv_first = Signal(range(C + 1)), Signal(range(C + 1))
+        rem_c = Signal(signed(18))
+        m.d.comb += rem_c.eq(rem - C)
+        m.d.sync += [nv_next.eq(Mux(rem_c > C, C, Mux(rem_c < 0, 0, rem_c))),
+                     nv_first.eq(Mux(d.cout_g > C, C, d.cout_g))]
         m.d.sync += self.rd_addr.eq(d.ch_base + obase + c)
         m.d.comb += self.o_stream.payload.eq(vec)
         m.d.sync += cap_v0.eq(0)
@@ -536,11 +547,12 @@ class BiasFeeder(wiring.Component):
                 m.d.comb += self.done.eq(1)
                 with m.If(self.start):
                     m.d.sync += [pt.eq(0), g.eq(0), ot.eq(0), c.eq(0), obase.eq(0),
-                                 rem.eq(d.cout_g), vec.eq(0)]
+                                 rem.eq(d.cout_g), vec.eq(0),
+                                 left.eq(Mux(d.bias_zero, 0, Mux(d.cout_g > C, C, d.cout_g)))]
                     m.next = "FILL"
             with m.State("FILL"):
-                with m.If((c < nvalid) & ~d.bias_zero):
-                    m.d.sync += [cap_v0.eq(1), cap_lane0.eq(c), c.eq(c + 1)]
+                with m.If(left != 0):
+                    m.d.sync += [cap_v0.eq(1), cap_lane0.eq(c), c.eq(c + 1), left.eq(left - 1)]
                 with m.Else():
                     m.next = "SETTLE"
             for k in range(lat):                # the last record's read lands
@@ -550,11 +562,12 @@ class BiasFeeder(wiring.Component):
                 m.d.comb += self.o_stream.valid.eq(1)
                 with m.If(self.o_stream.ready):
                     m.d.sync += [clr.eq(1), c.eq(0), ot.eq(ot + 1), obase.eq(obase + C),
-                                 rem.eq(rem - C)]
+                                 rem.eq(rem - C), left.eq(Mux(d.bias_zero, 0, nv_next))]
                     m.next = "FILL"
                     with m.If(ot == d.otiles_m1):
                         m.d.sync += [ot.eq(0), g.eq(g + 1), rem.eq(d.cout_g),
-                                     obase.eq(obase + rem)]
+                                     obase.eq(obase + rem),
+                                     left.eq(Mux(d.bias_zero, 0, nv_first))]
                         with m.If(g == d.groups_m1):
                             m.d.sync += [g.eq(0), obase.eq(0), pt.eq(pt + 1)]
                             with m.If(pt == d.tiles_m1):
