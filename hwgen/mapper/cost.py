@@ -104,11 +104,11 @@ __all__ = [
 #: Sequencer cycles per executed layer besides one PARAM cycle per output channel: FETCH, FETCH2,
 #: LATCH, START, NEXT and the placer's drain (hw/sequencer.py, hw/layer_io.py Placer).
 SEQ_OVERHEAD = 10
-#: Systolic layer fill and drain: patch-address pipeline (13), array (9), requantiser (19),
-#: output FIFO, writer stages, placer (6) and the credit loops, less what overlaps; fitted
-#: to the measured MobileNet 0.25/96 layers on its 4 x 12 array (pw8 13,407, pw14 18,243,
-#: fc 579, GAP 4,928, conv1 62,337 cycles: all within +-0.1 %).
-SA_PIPE = 53
+#: Systolic layer fill and drain: patch-address pipeline (15), array (9), requantiser input
+#: register and pipeline (20), output FIFO, writer stages, placer (6) and the credit loops,
+#: less what overlaps; fitted to the measured MobileNet 0.25/96 layers on its 4 x 12 array
+#: (pw8 13,410, pw14 18,246, fc 582, GAP 4,931, conv1 62,340 cycles: all within +-0.1 %).
+SA_PIPE = 56
 #: A step's last beat waits until the previous step's shadow bank has drained: the array's
 #: latency from a last beat to the shadow bank (8 cycles) plus one row per cycle
 #: (hw/systolic.py ``pending``).
@@ -128,7 +128,7 @@ DW_CH_OVERHEAD = 0
 DW_LOADER_CYCLES = 18
 #: Depthwise unit: setup, first parameter load, pipeline latency (multipliers, adder tree,
 #: requantiser) per layer.
-DW_LATENCY = 49
+DW_LATENCY = 50
 #: Max-pool unit: cycles per output element beyond its kh*kw taps: the last tap's read and
 #: the rescale-table read (MEM_LATENCY each, hw/layer_io.MaxPoolUnit), WRITE.
 MAXPOOL_EXTRA = 2 * 4 + 1
