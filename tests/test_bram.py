@@ -128,7 +128,8 @@ class _FFModel(Elaboratable):
                           (17, 300, True, 1), (8, 5000, True, 2), (96, 2500, False, 2),
                           (8, 5000, True, 3), (64, 1500, False, 4), (8, 5000, True, 4),
                           (96, 2500, False, 4), (96, 2500, False, 5), (8, 5000, True, 6),
-                          (96, 5000, False, 6), (17, 300, True, 6)])
+                          (96, 5000, False, 6), (17, 300, True, 6), (96, 5000, False, 7),
+                          (8, 5000, True, 7)])
 def test_primitive_equals_behavioural(monkeypatch, width, depth, writable, latency):
     monkeypatch.setattr(bram, "_instance", _DP16KDModel)
     monkeypatch.setattr(bram, "_ff_instance", _FFModel)

@@ -49,8 +49,8 @@ from .systolic import SystolicConv, SystolicParams
 
 __all__ = ["Accelerator", "AccelDebugSignature", "WSTORE_LATENCY"]
 
-#: Read latency of the weight store (:class:`hwgen.hw.bram.BlockRam` latency 6).
-WSTORE_LATENCY = 6
+#: Read latency of the weight store (:class:`hwgen.hw.bram.BlockRam` latency 7).
+WSTORE_LATENCY = 7
 
 
 class AccelDebugSignature(AccelSignature):
@@ -127,7 +127,7 @@ class Accelerator(wiring.Component):
         m.submodules.arena = arena = BlockRam(8, plan.arena_bytes, use_primitive=prim,
                                               name="arena", latency=lat)
         # the weight store is the largest memory (about half the 85F's block RAMs, spread
-        # over the die): two more read stages than the others
+        # over the die): three more read stages than the others (a tree of address copies)
         m.submodules.wstore = wstore = BlockRam(8 * C, len(words), words, writable=False,
                                                 use_primitive=prim, name="wstore",
                                                 latency=WSTORE_LATENCY)
@@ -187,7 +187,8 @@ class Accelerator(wiring.Component):
         wiring.connect(m, wfeed.o_stream, sconv.w_stream)
         # the bias vector (C x 32 bits) crosses from the bias feeder to the array's
         # accumulators through a register stage of its own
-        m.submodules.bslice = bslice = StreamSlice(bfeed.o_stream.payload.shape())
+        m.submodules.bslice = bslice = StreamSlice(bfeed.o_stream.payload.shape(),
+                                                   full_rate=False)
         wiring.connect(m, bfeed.o_stream, bslice.i_stream)
         wiring.connect(m, bslice.o_stream, sconv.b_stream)
         # between the array's output FIFO and the writer: a register stage that looks up the

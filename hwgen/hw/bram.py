@@ -79,7 +79,8 @@ class BlockRam(wiring.Component):
         spread over the chip crosses it in a cycle of its own), 4 (the read address
         registered first, one copy per block; the block with its output register; the row
         multiplexer into a register), 5 (4 plus a fabric register per block), 6 (5 with the
-        read address registered once more before the per-block copies).
+        read address registered once more before the per-block copies), 7 (6 with a copy
+        per row of blocks between that root and the per-block copies).
 
     Members
     -------
@@ -91,8 +92,8 @@ class BlockRam(wiring.Component):
 
     def __init__(self, width: int, depth: int, init=None, writable: bool = True,
                  use_primitive: bool | None = None, name: str = "mem", latency: int = 1):
-        if latency not in (1, 2, 3, 4, 5, 6):
-            raise ValueError(f"BlockRam latency must be 1..6, got {latency!r}")
+        if latency not in (1, 2, 3, 4, 5, 6, 7):
+            raise ValueError(f"BlockRam latency must be 1..7, got {latency!r}")
         self.latency = latency
         self.name = name
         self.width, self.depth = width, max(depth, 2)
@@ -111,7 +112,7 @@ class BlockRam(wiring.Component):
     def addr_stages(self) -> int:
         """Register stages between ``r_addr`` and the memory itself (the rest of the
         latency follows the read): a write in those cycles is seen by the read."""
-        return {4: 1, 5: 1, 6: 2}.get(self.latency, 0)
+        return {4: 1, 5: 1, 6: 2, 7: 3}.get(self.latency, 0)
 
     @property
     def write_stages(self) -> int:
@@ -175,13 +176,14 @@ class BlockRam(wiring.Component):
         #      multiplexer into a register
         #   6: the read address registered once more first (a root the per-block copies
         #      fan out from), then as 5
+        #   7: as 6 with a copy per row of blocks between the root and the per-block copies
         root = self.r_addr
-        if lat == 6:
+        if lat >= 6:
             root = Signal.like(self.r_addr, name="ra_root")
             with m.If(self.r_en):
                 m.d.sync += root.eq(self.r_addr)
         addr_copy = lat >= 4
-        block_reg = lat in (3, 5, 6)
+        block_reg = lat in (3, 5, 6, 7)
         mux_reg = lat >= 4
         sel = self.r_addr[wbits:]
         if rows > 1:       # the row select travels with the data to the multiplexer
@@ -194,6 +196,9 @@ class BlockRam(wiring.Component):
             sel = Const(0, 1)
         row_out = []
         for r in range(rows):
+            row_root = root
+            if lat == 7:       # one more level: a copy per row of blocks, then per block
+                row_root = _kept_reg(m, root[:min(aw, wbits)], self.r_en, f"rr_{r}")
             chunk = self.init[r * words:(r + 1) * words]
             dout = []
             for c in range(cols):
@@ -201,9 +206,10 @@ class BlockRam(wiring.Component):
                 n = min(bits, self.width - lo)
                 vals = [(v >> lo) & ((1 << n) - 1) for v in chunk]
                 do = Signal(18, name=f"do_{r}_{c}")
-                r_addr = root
+                r_addr = row_root
                 if addr_copy:
-                    r_addr = _kept_reg(m, root[:min(aw, wbits)], self.r_en, f"ra_{r}_{c}")
+                    r_addr = _kept_reg(m, row_root[:min(aw, wbits)], self.r_en,
+                                       f"ra_{r}_{c}")
                 w_addr, w_data = self.w_addr if self.writable else None, None
                 if self.writable:
                     w_data = self.w_data[lo:lo + n]

@@ -94,13 +94,16 @@ class CreditFifo(wiring.Component):
 
 class StreamSlice(wiring.Component):
     """One register stage in a stream (a beat takes a cycle more): splits a long route
-    between producer and consumer into two hops. ``i_stream.ready`` is
-    ``~full | o_stream.ready``: one gate behind the consumer's ready (keep that a register).
-    Full throughput only when the consumer's ready is high on consecutive beats.
+    between producer and consumer into two hops.
+
+    ``full_rate=True``: ``i_stream.ready`` is ``~full | o_stream.ready`` (one gate behind the
+    consumer's ready, keep that a register), one beat per cycle. ``full_rate=False``:
+    ``i_stream.ready`` is ``~full`` (a register) and the data register's enable does not
+    depend on the consumer at all, at most one beat every two cycles (for wide, rare beats).
     """
 
-    def __init__(self, shape):
-        self.shape = shape
+    def __init__(self, shape, full_rate: bool = True):
+        self.shape, self.full_rate = shape, full_rate
         super().__init__({"i_stream": In(stream.Signature(shape)),
                           "o_stream": Out(stream.Signature(shape))})
 
@@ -109,7 +112,8 @@ class StreamSlice(wiring.Component):
         i, o = self.i_stream, self.o_stream
         data = Signal(self.shape)
         full = Signal()
-        m.d.comb += [o.valid.eq(full), o.payload.eq(data), i.ready.eq(~full | o.ready)]
+        m.d.comb += [o.valid.eq(full), o.payload.eq(data),
+                     i.ready.eq(~full | o.ready if self.full_rate else ~full)]
         with m.If(i.valid & i.ready):
             m.d.sync += [data.eq(i.payload), full.eq(1)]
         with m.Elif(o.ready):

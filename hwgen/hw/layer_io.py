@@ -331,8 +331,8 @@ class PatchFeeder(wiring.Component):
     Order: for each output pixel (raster), for each group, (ky, kx, ci) -- the systolic
     array's ``a_stream`` order with ``L = 1``; cells outside the input give ``x_zp``.
     Throughput one byte per cycle (counters, a nine-stage address pipeline with its two
-    multiplications on registered MULT18X18Ds, the block-RAM read, two data registers,
-    FIFO); latency ``MEM_LATENCY + 13``.
+    multiplications on registered MULT18X18Ds, the block-RAM read, three data registers,
+    FIFO); latency ``MEM_LATENCY + 14``.
 
     Members
     -------
@@ -362,7 +362,7 @@ class PatchFeeder(wiring.Component):
         # its inputs, its output and once in the fabric), S5 pixel, S6..S8 pixel * pitch
         # (the same), S9 address (registered into the block RAM), then the arena's
         # MEM_LATENCY read stages
-        n = 11 + MEM_LATENCY       # the arena's data land in stage n - 2, registered twice
+        n = 12 + MEM_LATENCY       # the arena's data land in stage n - 3, registered 3 times
         v = [Signal(name=f"v{i}") for i in range(1, n + 1)]
         inb = [Signal(name=f"inb{i}") for i in range(1, n + 1)]
         s1_iy, s1_ix = Signal(signed(18)), Signal(signed(18))
@@ -386,8 +386,8 @@ class PatchFeeder(wiring.Component):
                      mul_pix.a.eq(pix5), mul_pix.b.eq(d.in_pitch)]
         m.d.sync += [pix5.eq(mul_row.p[:17] + ixs[2]),
                      self.rd_addr.eq(d.in_addr + mul_pix.p[:24] + cs[7])]
-        raw, byte = Signal(signed(8)), Signal(signed(8))
-        m.d.sync += [raw.eq(self.rd_data), byte.eq(Mux(inb[-2], raw, d.x_zp))]
+        raw0, raw, byte = Signal(signed(8)), Signal(signed(8)), Signal(signed(8))
+        m.d.sync += [raw0.eq(self.rd_data), raw.eq(raw0), byte.eq(Mux(inb[-2], raw, d.x_zp))]
         m.d.comb += [fifo.issue.eq(issue), fifo.w_en.eq(v[-1]), fifo.w_data.eq(byte),
                      self.o_stream.valid.eq(fifo.o_stream.valid),
                      self.o_stream.payload.eq(fifo.o_stream.payload),
@@ -514,8 +514,11 @@ class BiasFeeder(wiring.Component):
         obase = Signal(24)       # g * cout_g + ot * C
         rem = Signal(signed(18))  # cout_g - ot * C
         vec = Signal(data.ArrayLayout(signed(32), C))
-        # the read address is registered (one cycle), then the channel store's read
-        lat = MEM_LATENCY + 1
+        # the read address is registered (one cycle), then the channel store's read, then the
+        # record is registered here once more (the store may sit across the die)
+        lat = MEM_LATENCY + 2
+        rd = Signal(32)
+        m.d.sync += rd.eq(self.rd_data[:32])
         cap_vs = [Signal(name=f"cap_v{k}") for k in range(lat)]
         cap_ls = [Signal(range(C), name=f"cap_lane{k}") for k in range(lat)]
         cap_v0, cap_v, cap_lane0, cap_lane = cap_vs[0], cap_vs[-1], cap_ls[0], cap_ls[-1]
@@ -541,7 +544,7 @@ class BiasFeeder(wiring.Component):
         with m.If(clr):
             m.d.sync += vec.eq(0)
         with m.If(cap_v):
-            m.d.sync += vec[cap_lane].eq(self.rd_data[:32])
+            m.d.sync += vec[cap_lane].eq(rd)
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.done.eq(1)

@@ -114,8 +114,8 @@ SA_PIPE = 56
 #: (hw/systolic.py ``pending``).
 SA_DRAIN_GAP = 8
 #: A step's bias vector: the bias feeder reads ``nv`` channel records, one per cycle, then
-#: the address register, two cycles (SETTLE, OUT) and the handshake (hw/layer_io.py BiasFeeder).
-SA_BIAS_GAP = 4
+#: the address and data registers, two cycles (SETTLE, OUT) and the handshake (BiasFeeder).
+SA_BIAS_GAP = 5
 #: Depthwise unit (hw/dwunit.py): extra cycles per channel plane. The unit streams channel
 #: planes back to back: measured in the accelerator (MobileNet 0.25/96, dw2..dw13, 6x6 to
 #: 48x48 planes) within 2 cycles of ``C*H*W + W + DW_LATENCY`` plus the sequencer, so 0.
