@@ -628,7 +628,17 @@ class SystolicArray(wiring.Component):
         # ---- accumulate; on the last beat copy the sums to the shadow bank -----------------
         acc = [[Signal(ACC, name=f"acc_r{r}_c{c}") for c in range(C)] for r in range(R)]
         shadow = [[Signal(ACC, name=f"sh_r{r}_c{c}") for c in range(C)] for r in range(R)]
-        row_shift = [Signal(name=f"row_shift{r}") for r in range(R)]
+        # the shadow shift enable of each row, one register per (row, column) (kept apart
+        # on ECP5): 32 flip-flops per copy instead of the whole row's C x 32
+        row_shift_d = [Signal(name=f"row_shift_d{r}") for r in range(R)]
+        row_shift = []
+        for r in range(R):
+            if prim:
+                q = _kept_reg(m, Cat(*[row_shift_d[r]] * C), Const(1, 1), f"row_shift{r}")
+            else:
+                q = Signal(C, name=f"row_shift{r}")
+                m.d.sync += q.eq(Cat(*[row_shift_d[r]] * C))
+            row_shift.append(q)
         for r in range(R):
             f = row_dly[r]
             for c in range(C):
@@ -639,7 +649,7 @@ class SystolicArray(wiring.Component):
                 m.d.sync += acc[r][c].eq(s)
                 with m.If(f.load):
                     m.d.sync += shadow[r][c].eq(s)
-                with m.Elif(row_shift[r]):
+                with m.Elif(row_shift[r][c]):
                     m.d.sync += shadow[r][c].eq(shadow[r + 1][c] if r + 1 < R else 0)
 
         # ---- drain: shadow row 0 -> o_stream ----------------------------------------------
@@ -674,7 +684,7 @@ class SystolicArray(wiring.Component):
         # local enable nets instead of one wide one
         sh_rows_n = Signal.like(sh_rows)
         m.d.comb += sh_rows_n.eq(Mux(load, dly.nrows, Mux(move, sh_rows - 1, sh_rows)))
-        m.d.sync += [row_shift[r].eq(self.o_allow & (sh_rows_n > r)) for r in range(R)]
+        m.d.comb += [row_shift_d[r].eq(self.o_allow & (sh_rows_n > r)) for r in range(R)]
         m.d.comb += [in_data.acc[c].eq(shadow[0][c]) for c in range(C)]
         m.d.comb += [in_data.ch.eq(sh_ch), in_data.pix.eq(sh_pix)]
         m.d.sync += [o_valid.eq(move), o_data.eq(in_data)]
