@@ -53,8 +53,9 @@ One beat (R*C MACs) per cycle while the current pixel tile is loaded and ``w_str
 valid. Loading a pixel tile takes ``nrows * ceil(groups*K/L)`` cycles and overlaps the
 previous tile's ``groups * otiles * K`` compute cycles, so the array is compute bound when
 ``otiles * L >= R`` (e.g. 64 -> 64 channels on 8 x 8 with L = 2). Latency from a tile's last
-beat to its first output beat: 9 cycles (activation RAM: a per-row address register, the
-RAM, its output register: 3, x - x_zp: 1, MULT18X18D: 3, accumulate: 1, output register: 1). The output has no
+beat to its first output beat: 10 cycles (activation RAM: a per-row address register, the
+RAM, its output register: 3, x - x_zp: 1, operand registers: 1, MULT18X18D: 3,
+accumulate: 1, output register: 1). The output has no
 backpressure: the consumer hands out credits (``o_allow``, :class:`hwgen.hw.credit.CreditFifo`)
 and a row drains only with one, so no ready signal reaches the array's wide registers.
 A layer's first beat waits one extra cycle (cfg sampling).
@@ -603,23 +604,33 @@ class SystolicArray(wiring.Component):
             m.d.sync += [s3_a[r].eq(Mux(live, sel - zp, 0)), s3_f[r].valid.eq(live),
                          s3_f[r].first.eq(s2.first & live), s3_f[r].load.eq(s2.last & live)]
 
-        # ---- multipliers: Mult18, latency 3 --------------------------------------------------
+        # ---- multipliers: Mult18, latency 3, each fed from operand registers of its own ----
+        # (one stage, kept apart on ECP5: a row's or column's multipliers sit in DSP sites
+        # spread over the die, a shared operand register would reach them all in one cycle)
+        def operand(value, name):
+            if prim:
+                return _kept_reg(m, value, Const(1, 1), name)
+            q = Signal(len(value), name=name)
+            m.d.sync += q.eq(value)
+            return q
         prods = [[None] * C for _ in range(R)]
         for r in range(R):
             for c in range(C):
                 mul = Mult18(use_primitive=p.use_primitive)
                 m.submodules[f"mul_r{r}_c{c}"] = mul
-                m.d.comb += [mul.a.eq(s3_a[r]), mul.b.eq(s3_w[c])]
+                a_op = operand(s3_a[r].as_unsigned(), f"a_r{r}_c{c}")
+                w_op = operand(s3_w[c].as_unsigned(), f"w_r{r}_c{c}")
+                m.d.comb += [mul.a.eq(a_op.as_signed()), mul.b.eq(w_op.as_signed())]
                 prods[r][c] = mul.p[:17].as_signed()   # 9 x 8 bit product: 17 bits
         dly = s3
-        for i in range(Mult18.LATENCY):
+        for i in range(Mult18.LATENCY + 1):
             nxt = Signal(flag_layout, name=f"sm{i}")
             m.d.sync += nxt.eq(dly)
             dly = nxt
         row_dly = []
         for r in range(R):
             f = s3_f[r]
-            for i in range(Mult18.LATENCY):
+            for i in range(Mult18.LATENCY + 1):
                 nxt = Signal(row_flags, name=f"sm{i}_r{r}")
                 m.d.sync += nxt.eq(f)
                 f = nxt

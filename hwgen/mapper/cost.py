@@ -104,15 +104,15 @@ __all__ = [
 #: Sequencer cycles per executed layer besides one PARAM cycle per output channel: FETCH, FETCH2,
 #: LATCH, START, NEXT and the placer's drain (hw/sequencer.py, hw/layer_io.py Placer).
 SEQ_OVERHEAD = 10
-#: Systolic layer fill and drain: patch-address pipeline (15), array (9), requantiser input
+#: Systolic layer fill and drain: patch-address pipeline (15), array (10), requantiser input
 #: register and pipeline (20), output FIFO, writer stages, placer (6) and the credit loops,
 #: less what overlaps; fitted to the measured MobileNet 0.25/96 layers on its 4 x 12 array
-#: (pw8 13,410, pw14 18,246, fc 582, GAP 4,931, conv1 62,340 cycles: all within +-0.1 %).
-SA_PIPE = 56
+#: (pw8 13,412, pw14 18,248, fc 584, GAP 5,443, conv1 62,342 cycles: all within +-0.1 %).
+SA_PIPE = 58
 #: A step's last beat waits until the previous step's shadow bank has drained: the array's
-#: latency from a last beat to the shadow bank (8 cycles) plus one row per cycle
+#: latency from a last beat to the shadow bank (10 cycles) plus one row per cycle
 #: (hw/systolic.py ``pending``).
-SA_DRAIN_GAP = 8
+SA_DRAIN_GAP = 10
 #: A step's bias vector: the bias feeder reads ``nv`` channel records, one per cycle, then
 #: the address and data registers, two cycles (SETTLE, OUT) and the handshake (BiasFeeder).
 SA_BIAS_GAP = 5
