@@ -221,7 +221,7 @@ class Accelerator(wiring.Component):
         cfg = sconv.cfg
         # the layer's shape, registered here (static while the layer runs, settled long
         # before the array samples it with the layer's first beat)
-        m.d.sync += [cfg.pixels.eq(d.pixels), cfg.tiles_m1.eq(d.tiles_m1),
+        m.d.sync += [cfg.tiles_m1.eq(d.tiles_m1),
                      cfg.last_rows_m1.eq(d.last_rows_m1), cfg.k.eq(d.k), cfg.groups.eq(d.groups),
                      cfg.otiles.eq(d.otiles), cfg.beats.eq(d.gk),
                      cfg.cout_g.eq(d.cout_g), cfg.x_zp.eq(d.x_zp),

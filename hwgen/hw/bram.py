@@ -25,7 +25,7 @@ from amaranth.utils import ceil_log2
 
 from .dsp import use_primitive_for
 
-__all__ = ["BlockRam", "dp16kd_geometry", "initvals"]
+__all__ = ["BlockRam", "dp16kd_geometry", "initvals", "kept_reg"]
 
 #: DP16KD modes used here: data bits per word -> words per block, address LSB on ADx.
 MODES = {9: (2048, 3), 18: (1024, 4)}
@@ -258,6 +258,17 @@ class BlockRam(wiring.Component):
             out = reg
         m.d.comb += self.r_data.eq(out)
         return m
+
+
+def kept_reg(m, value, name: str, primitive: bool):
+    """``value`` registered every cycle, as a copy synthesis keeps apart from identical
+    ones when ``primitive`` (ECP5: :func:`_kept_reg`), else a plain register. For fan-out
+    trees: each copy drives only the sinks next to it."""
+    if primitive:
+        return _kept_reg(m, value, Const(1, 1), name)
+    q = Signal(len(value), name=name)
+    m.d.sync += q.eq(value)
+    return q
 
 
 def _kept_reg(m, value, en, name):

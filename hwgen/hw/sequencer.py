@@ -21,13 +21,13 @@ Overhead per layer: about ``out_c + 7`` cycles outside ``RUN``.
 """
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from .bram import _kept_reg
+from .bram import kept_reg
 from .dsp import use_primitive_for
 from .layer_io import DESC, MEM_LATENCY
 from .requant import PARAM_LAYOUT
@@ -99,12 +99,7 @@ class Sequencer(wiring.Component):
                          init=[(v >> lo) & ((1 << w) - 1) for v in words])
             m.submodules[f"rom{k}"] = mem
             rpk = mem.read_port()
-            if prim:
-                ak = _kept_reg(m, idx, Const(1, 1), f"idx{k}")
-            else:
-                ak = Signal(self.ab, name=f"idx{k}")
-                m.d.sync += ak.eq(idx)
-            m.d.comb += rpk.addr.eq(ak)
+            m.d.comb += rpk.addr.eq(kept_reg(m, idx, f"idx{k}", prim))
             rom_data.append(rpk.data)
         rom_word = Signal(DESC)
         m.d.comb += rom_word.as_value().eq(Cat(*rom_data))

@@ -74,7 +74,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .credit import CreditFifo
-from .bram import _kept_reg
+from .bram import kept_reg
 from .dsp import Mult18, use_primitive_for
 
 __all__ = ["SystolicParams", "SystolicLayer", "SystolicArray", "SystolicConv", "ByteRam",
@@ -143,7 +143,6 @@ class SystolicParams:
     @property
     def config_layout(self) -> data.StructLayout:
         return data.StructLayout({
-            "pixels": unsigned(ceil_log2(self.max_pixels + 1)),
             "tiles_m1": unsigned(ceil_log2(self.max_pixels + 1)),
             "last_rows_m1": unsigned(max(1, ceil_log2(self.rows))),
             "k": unsigned(ceil_log2(self.max_k + 1)),
@@ -221,7 +220,7 @@ class SystolicLayer:
         """Values of :attr:`SystolicParams.config_layout` for this layer."""
         self.check(p)
         tiles = self.tiles(p)
-        return {"pixels": self.pixels, "tiles_m1": tiles - 1,
+        return {"tiles_m1": tiles - 1,
                 "last_rows_m1": self.pixels - (tiles - 1) * p.rows - 1,
                 "k": self.k, "groups": self.groups,
                 "otiles": self.otiles(p), "beats": self.beats(p), "cout_g": self.cout_g,
@@ -432,11 +431,7 @@ class SystolicArray(wiring.Component):
         # their own per row (on ECP5 kept apart: the rows' block RAMs may sit far apart)
         for r in range(R):
             w_in = Cat(wr_beat[:AW], wr_bank, a.payload.as_value(), a_fire & (wr_row == r))
-            if prim:
-                w_q = _kept_reg(m, w_in, Const(1, 1), f"wr_r{r}")
-            else:
-                w_q = Signal(len(w_in), name=f"wr_r{r}")
-                m.d.sync += w_q.eq(w_in)
+            w_q = kept_reg(m, w_in, f"wr_r{r}", prim)
             for l in range(L):
                 ram = rams[r][l]
                 m.d.comb += [ram.w_addr.eq(w_q[:AW + 1]),
@@ -516,13 +511,7 @@ class SystolicArray(wiring.Component):
         # (kept apart on ECP5), so the RAM data arrive one stage later (stage s2x below)
         rd_addr = []
         for r in range(R):
-            ra = Cat((j >> lb)[:AW], rd_bank)
-            if prim:
-                rd_addr.append(_kept_reg(m, ra, Const(1, 1), f"rd_r{r}"))
-            else:
-                q = Signal(len(ra), name=f"rd_r{r}")
-                m.d.sync += q.eq(ra)
-                rd_addr.append(q)
+            rd_addr.append(kept_reg(m, Cat((j >> lb)[:AW], rd_bank), f"rd_r{r}", prim))
         for r in range(R):
             for l in range(L):
                 m.d.comb += rams[r][l].r_addr.eq(rd_addr[r])
@@ -607,19 +596,13 @@ class SystolicArray(wiring.Component):
         # ---- multipliers: Mult18, latency 3, each fed from operand registers of its own ----
         # (one stage, kept apart on ECP5: a row's or column's multipliers sit in DSP sites
         # spread over the die, a shared operand register would reach them all in one cycle)
-        def operand(value, name):
-            if prim:
-                return _kept_reg(m, value, Const(1, 1), name)
-            q = Signal(len(value), name=name)
-            m.d.sync += q.eq(value)
-            return q
         prods = [[None] * C for _ in range(R)]
         for r in range(R):
             for c in range(C):
                 mul = Mult18(use_primitive=p.use_primitive)
                 m.submodules[f"mul_r{r}_c{c}"] = mul
-                a_op = operand(s3_a[r].as_unsigned(), f"a_r{r}_c{c}")
-                w_op = operand(s3_w[c].as_unsigned(), f"w_r{r}_c{c}")
+                a_op = kept_reg(m, s3_a[r].as_unsigned(), f"a_r{r}_c{c}", prim)
+                w_op = kept_reg(m, s3_w[c].as_unsigned(), f"w_r{r}_c{c}", prim)
                 m.d.comb += [mul.a.eq(a_op.as_signed()), mul.b.eq(w_op.as_signed())]
                 prods[r][c] = mul.p[:17].as_signed()   # 9 x 8 bit product: 17 bits
         dly = s3
@@ -644,12 +627,7 @@ class SystolicArray(wiring.Component):
         row_shift_d = [Signal(name=f"row_shift_d{r}") for r in range(R)]
         row_shift = []
         for r in range(R):
-            if prim:
-                q = _kept_reg(m, Cat(*[row_shift_d[r]] * C), Const(1, 1), f"row_shift{r}")
-            else:
-                q = Signal(C, name=f"row_shift{r}")
-                m.d.sync += q.eq(Cat(*[row_shift_d[r]] * C))
-            row_shift.append(q)
+            row_shift.append(kept_reg(m, Cat(*[row_shift_d[r]] * C), f"row_shift{r}", prim))
         for r in range(R):
             f = row_dly[r]
             for c in range(C):
