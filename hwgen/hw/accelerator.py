@@ -37,7 +37,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from .bram import BlockRam
+from .bram import BlockRam, kept_reg
 from .credit import StreamSlice
 from .accel_if import OUT_LATENCY, AccelParams, AccelSignature
 from .layer_io import (KIND_ADD, KIND_ARRAY, KIND_AVGPOOL, KIND_DW, KIND_MAXPOOL,
@@ -177,12 +177,16 @@ class Accelerator(wiring.Component):
             m.submodules.dwu = dwu
             units.append((d.kind == KIND_DW, dwu, dwu))
             done[KIND_DW] = dwu.done
+        # every unit sees the layer's start through a register of its own (kept apart on
+        # ECP5): the sequencer's state decode reaches no unit's enables directly
+        def start_of(name, sel):
+            return kept_reg(m, seq.run_start & sel, f"start_{name}", prim)
         for sel, wu, ru in units:
             if wu is not writer:
-                m.d.comb += [wu.desc.eq(d), wu.start.eq(seq.run_start & sel),
+                m.d.comb += [wu.desc.eq(d), wu.start.eq(start_of(wu.__class__.__name__, sel)),
                              wu.rd_data.eq(a_r.data)]
-        for u in (patch, wfeed, bfeed, writer):
-            m.d.comb += [u.desc.eq(d), u.start.eq(seq.run_start & on_array)]
+        for name, u in (("patch", patch), ("wfeed", wfeed), ("bfeed", bfeed), ("writer", writer)):
+            m.d.comb += [u.desc.eq(d), u.start.eq(start_of(name, on_array))]
         wiring.connect(m, patch.o_stream, sconv.a_stream)
         wiring.connect(m, wfeed.o_stream, sconv.w_stream)
         # the bias vector (C x 32 bits) crosses from the bias feeder to the array's
@@ -266,7 +270,11 @@ class Accelerator(wiring.Component):
             m.d.sync += nxt.eq(w_pend[-1])
             w_pend.append(nxt)
         writing = placer.busy | Cat(*w_pend[1:]).any()
-        m.d.comb += seq.layer_done.eq(layer_done & ~writing)
+        # registered: the units' done flags and the write counts reach the sequencer's
+        # state register through one flip-flop (the sequencer waits for it)
+        done_r = Signal()
+        m.d.sync += done_r.eq(layer_done & ~writing)
+        m.d.comb += seq.layer_done.eq(done_r)
 
         # host side: image load, start, status, logits
         busy = Signal()
@@ -310,21 +318,27 @@ class Accelerator(wiring.Component):
     def _image_loader(self, m, hw: int, c_in: int):
         """Image bytes (``img_wr``, CHW raster ``addr = c * hw + p``) to placer requests:
         ``c = addr // hw`` as ``(addr * M) >> shift`` (exact over the image's addresses,
-        checked here), then ``c * hw``, then ``p = addr - c * hw``; four registered stages.
-        Returns the stage valid bits, ``c``, ``p`` and the data of the last stage."""
+        checked here), then ``c * hw``, then ``p = addr - c * hw``; five registered stages
+        (each product registered before it is used). Returns the stage valid bits, ``c``,
+        ``p`` and the data of the last stage."""
         n = max(c_in * hw, 2)
         mul, shift = _divider_constants(hw, n)
-        v1, v2, v3, v4 = Signal(), Signal(), Signal(), Signal()
-        a1, a2, a3 = Signal(range(n)), Signal(range(n)), Signal(range(n))
-        d1, d2, d3, d4 = (Signal(signed(8), name=f"d{k}") for k in range(1, 5))
-        c2, c3, c4, ch3, p4 = Signal(16), Signal(16), Signal(16), Signal(range(n)), Signal(24)
+        vs = [Signal(name=f"img_v{k}") for k in range(1, 6)]
+        ds = [Signal(signed(8), name=f"img_d{k}") for k in range(1, 6)]
+        a1, a2, a3, a4 = (Signal(range(n), name=f"img_a{k}") for k in range(1, 5))
+        prod2 = Signal((n * mul).bit_length())
+        c3, c4, c5 = Signal(16), Signal(16), Signal(16)
+        ch4, p5 = Signal(range(n)), Signal(24)
         fire = self.img_wr.valid & self.img_wr.ready
-        # one multiplication or subtraction per stage
-        m.d.sync += [v1.eq(fire), a1.eq(self.img_wr.payload.addr), d1.eq(self.img_wr.payload.data),
-                     v2.eq(v1), c2.eq((a1 * mul) >> shift), a2.eq(a1), d2.eq(d1),
-                     v3.eq(v2), c3.eq(c2), ch3.eq(c2 * hw), a3.eq(a2), d3.eq(d2),
-                     v4.eq(v3), c4.eq(c3), p4.eq(a3 - ch3), d4.eq(d3)]
-        return [v1, v2, v3, v4], c4, p4, d4
+        m.d.sync += [vs[0].eq(fire), ds[0].eq(self.img_wr.payload.data),
+                     a1.eq(self.img_wr.payload.addr)]
+        m.d.sync += [vs[k].eq(vs[k - 1]) for k in range(1, 5)]
+        m.d.sync += [ds[k].eq(ds[k - 1]) for k in range(1, 5)]
+        m.d.sync += [prod2.eq(a1 * mul), a2.eq(a1),
+                     c3.eq(prod2 >> shift), a3.eq(a2),
+                     c4.eq(c3), ch4.eq(c3 * hw), a4.eq(a3),
+                     c5.eq(c4), p5.eq(a4 - ch4)]
+        return vs, c5, p5, ds[-1]
 
 
 def _divider_constants(d: int, n: int) -> tuple[int, int]:

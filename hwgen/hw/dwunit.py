@@ -302,7 +302,10 @@ class DwUnit(wiring.Component):
         x_last, y_last, ox_last, oy_last, og_last = (
             Signal(name=n) for n in ("x_last", "y_last", "ox_last", "oy_last", "og_last"))
         og_adv = emit & ox_last & oy_last
-        m.d.sync += ok.eq(Mux(go & og_adv, ld_ch > og + 1, ld_ch > og))
+        # og + 1 in a register of its own, and compares only as wide as the channel count
+        og_p1 = Signal(16)
+        cb = max(1, ceil_log2(self.max_channels + 1))
+        m.d.sync += ok.eq(Mux(go & og_adv, ld_ch[:cb] > og_p1[:cb], ld_ch[:cb] > og[:cb]))
         m.d.comb += [go.eq(run & ~all_em & ok), self.rd_addr.eq(addr)]
 
         with m.If(self.start):     # the loader starts at once, the stream after the setup
@@ -314,6 +317,7 @@ class DwUnit(wiring.Component):
             with m.If(setup == 1):
                 m.d.sync += [run.eq(1), ix.eq(0), iy.eq(0), addr.eq(d.in_addr), cbase.eq(d.in_addr),
                              emit.eq(first == 0), dist.eq(first), ox.eq(0), oy.eq(0), og.eq(0),
+                             og_p1.eq(1),
                              row0.eq(-d.pad_t), col0.eq(-d.pad_l), all_em.eq(0),
                              x_last.eq(wm1 == 0), y_last.eq(hm1 == 0), ox_last.eq(owm1 == 0),
                              oy_last.eq(ohm1 == 0), og_last.eq(cm1 == 0)]
@@ -336,7 +340,8 @@ class DwUnit(wiring.Component):
                         with m.If(og_last):
                             m.d.sync += [all_em.eq(1), emit.eq(0)]
                         with m.Else():
-                            m.d.sync += [og.eq(og + 1), og_last.eq(og == cm2), dist.eq(grp_m1),
+                            m.d.sync += [og.eq(og_p1), og_p1.eq(og_p1 + 1), og_last.eq(og == cm2),
+                                         dist.eq(grp_m1),
                                          emit.eq(grp_is1)]
                     with m.Else():
                         m.d.sync += [oy.eq(oy + 1), oy_last.eq(oy == ohm2), row0.eq(row0 + d.sh),

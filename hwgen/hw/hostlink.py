@@ -153,6 +153,7 @@ class HostLink(wiring.Component):
         arg = Signal(32)                  # first four payload bytes
         rx_crc = Signal(16)
         timer = Signal(range(p.timeout_cycles + 1))
+        timer_hit = Signal()              # timer == timeout_cycles - 1, a register
         nak_count = Signal(16)
         last_err = Signal(8)
         check_r = Signal(8)               # registered verdict on the received frame
@@ -268,7 +269,8 @@ class HostLink(wiring.Component):
             with m.State("SOF"):
                 m.d.comb += self.rx.ready.eq(1)
                 with m.If(rx_fire & (byte == SOF)):
-                    m.d.sync += [crc.eq(0xFFFF), timer.eq(0), cmd.eq(0), arg.eq(0)]
+                    m.d.sync += [crc.eq(0xFFFF), timer.eq(0), timer_hit.eq(0), cmd.eq(0),
+                                 arg.eq(0)]
                     m.next = "CMD"
 
             # reception states share the inter-byte timeout
@@ -276,7 +278,7 @@ class HostLink(wiring.Component):
                 with m.State(state):
                     m.d.comb += self.rx.ready.eq(1)
                     with m.If(rx_fire):
-                        m.d.sync += timer.eq(0)
+                        m.d.sync += [timer.eq(0), timer_hit.eq(0)]
                         if state in ("CMD", "LEN0", "LEN1", "PAYLOAD"):
                             m.d.sync += crc.eq(crc16_step(crc, byte))
                         if state == "CMD":
@@ -308,10 +310,12 @@ class HostLink(wiring.Component):
                         elif state == "CRC1":
                             m.d.sync += rx_crc[8:].eq(byte)
                             m.next = "CHECKA"
-                    with m.Elif(timer == p.timeout_cycles - 1):
+                    with m.Elif(timer_hit):
                         nak(Err.TIMEOUT)
                     with m.Else():
-                        m.d.sync += timer.eq(timer + 1)
+                        # the compare feeds one flip-flop, not the reply registers' enables
+                        m.d.sync += [timer.eq(timer + 1),
+                                     timer_hit.eq(timer == p.timeout_cycles - 2)]
 
             with m.State("CHECKA"):
                 m.d.sync += stage_a

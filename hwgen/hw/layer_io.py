@@ -393,23 +393,51 @@ class PatchFeeder(wiring.Component):
                      self.o_stream.payload.eq(fifo.o_stream.payload),
                      fifo.o_stream.ready.eq(self.o_stream.ready)]
 
+        # every counter has a registered "at its last value" flag, set from a compare with
+        # the limit minus one (registered here from the descriptor): the counters' enables
+        # are ANDs of flags, no comparison sits behind `issue`
+        cnts = [(ci, d.cin_g_m1, "ci"), (kx, d.kw_m1, "kx"), (ky, d.kh_m1, "ky"),
+                (g, d.groups_m1, "g"), (ox, d.out_w_m1, "ox"), (oy, d.out_h_m1, "oy")]
+        lasts = {}
+        for cnt, lim, name in cnts:
+            lim_z, lim_m2 = Signal(name=f"{name}_lim_z"), Signal(17, name=f"{name}_lim_m2")
+            m.d.sync += [lim_z.eq(lim == 0), lim_m2.eq(lim - 1)]
+            lasts[name] = (Signal(name=f"{name}_last"), lim_z, lim_m2)
+
+        def step(name, cnt):
+            last, lim_z, lim_m2 = lasts[name]
+            m.d.sync += [cnt.eq(cnt + 1), last.eq(cnt == lim_m2)]
+
+        def wrap(name, cnt):
+            last, lim_z, lim_m2 = lasts[name]
+            m.d.sync += [cnt.eq(0), last.eq(lim_z)]
+
+        ci_l, kx_l, ky_l, g_l, ox_l, oy_l = (lasts[n][0] for _, _, n in cnts)
         with m.If(self.start):
-            m.d.sync += [run.eq(1), oy.eq(0), ox.eq(0), g.eq(0), ky.eq(0), kx.eq(0), ci.eq(0),
-                         iy0.eq(-d.pad_t), ix0.eq(-d.pad_l), cbase.eq(0)]
+            m.d.sync += [run.eq(1), iy0.eq(-d.pad_t), ix0.eq(-d.pad_l), cbase.eq(0)]
+            for cnt, _, name in cnts:
+                wrap(name, cnt)
         with m.Elif(issue):
-            m.d.sync += ci.eq(ci + 1)
-            with m.If(ci == d.cin_g_m1):
-                m.d.sync += [ci.eq(0), kx.eq(kx + 1)]
-                with m.If(kx == d.kw_m1):
-                    m.d.sync += [kx.eq(0), ky.eq(ky + 1)]
-                    with m.If(ky == d.kh_m1):
-                        m.d.sync += [ky.eq(0), g.eq(g + 1), cbase.eq(cbase + d.cin_g)]
-                        with m.If(g == d.groups_m1):
-                            m.d.sync += [g.eq(0), cbase.eq(0), ox.eq(ox + 1), ix0.eq(ix0 + d.sw)]
-                            with m.If(ox == d.out_w_m1):
-                                m.d.sync += [ox.eq(0), ix0.eq(-d.pad_l), oy.eq(oy + 1),
-                                             iy0.eq(iy0 + d.sh)]
-                                with m.If(oy == d.out_h_m1):
+            step("ci", ci)
+            with m.If(ci_l):
+                wrap("ci", ci)
+                step("kx", kx)
+                with m.If(kx_l):
+                    wrap("kx", kx)
+                    step("ky", ky)
+                    with m.If(ky_l):
+                        wrap("ky", ky)
+                        step("g", g)
+                        m.d.sync += cbase.eq(cbase + d.cin_g)
+                        with m.If(g_l):
+                            wrap("g", g)
+                            step("ox", ox)
+                            m.d.sync += [cbase.eq(0), ix0.eq(ix0 + d.sw)]
+                            with m.If(ox_l):
+                                wrap("ox", ox)
+                                step("oy", oy)
+                                m.d.sync += [ix0.eq(-d.pad_l), iy0.eq(iy0 + d.sh)]
+                                with m.If(oy_l):
                                     m.d.sync += run.eq(0)
         return m
 
@@ -550,7 +578,7 @@ class BiasFeeder(wiring.Component):
                 m.d.comb += self.done.eq(1)
                 with m.If(self.start):
                     m.d.sync += [pt.eq(0), g.eq(0), ot.eq(0), c.eq(0), obase.eq(0),
-                                 rem.eq(d.cout_g), vec.eq(0),
+                                 rem.eq(d.cout_g), clr.eq(1),
                                  left.eq(Mux(d.bias_zero, 0, Mux(d.cout_g > C, C, d.cout_g)))]
                     m.next = "FILL"
             with m.State("FILL"):
@@ -615,11 +643,14 @@ class OutputWriter(wiring.Component):
         have, last = Signal(), Signal()
         c = Signal(range(C))
         take = s.valid & s.ready
+        # the lanes leave from lane 0 of a shift register, the channel counts up with them:
+        # no lane multiplexer, no adder on the request
         m.d.comb += [s.ready.eq(~have | last),
-                     self.wr_pix.eq(cur.pix), self.wr_ch.eq(cur.ch + c),
-                     self.wr_data.eq(cur.y[c]), self.wr_en.eq(have)]
+                     self.wr_pix.eq(cur.pix), self.wr_ch.eq(cur.ch),
+                     self.wr_data.eq(cur.y[0]), self.wr_en.eq(have)]
         with m.If(have):
-            m.d.sync += [c.eq(c + 1), last.eq(c + 1 == nv)]
+            m.d.sync += [c.eq(c + 1), last.eq(c + 1 == nv), cur.ch.eq(cur.ch + 1),
+                         cur.y.as_value().eq(cur.y.as_value() >> 8)]
         with m.If(take):
             m.d.sync += [cur.eq(s.payload), nv.eq(self.nv_m1), have.eq(1), c.eq(0),
                          last.eq(self.nv_m1 == 0)]

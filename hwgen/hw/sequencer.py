@@ -11,13 +11,15 @@ descriptor, initialised from the compiler's program by
    systolic-array layers, copies its requantisation scale from the channel store into the
    requantiser's parameter memory (one record per output channel, or the single pooling
    record for every channel);
-3. ``START``/``RUN``: pulses ``run_start`` (the feeders and the writer restart their loops)
-   and waits for ``layer_done``;
+3. ``START``/``WAIT1``/``WAIT2``/``RUN``: pulses ``run_start`` (the feeders and the writer
+   restart their loops; the accelerator registers the pulse per unit and ``layer_done``
+   once, so the units' done flags are first looked at in ``RUN``) and waits for
+   ``layer_done``;
 4. ``NEXT``: stores the layer's cycle count (start of ``FETCH`` to the end of ``RUN``) in
    the layer-cycle memory (read back through ``dbg_addr``/``dbg_data``), then moves on;
    after the last descriptor pulses ``finished``.
 
-Overhead per layer: about ``out_c + 7`` cycles outside ``RUN``.
+Overhead per layer: about ``out_c + 9`` cycles outside ``RUN``.
 """
 from __future__ import annotations
 
@@ -106,6 +108,7 @@ class Sequencer(wiring.Component):
         lcyc = Signal(32)
         m.d.sync += lcyc.eq(lcyc + 1)
         o = Signal(17)
+        more = Signal()                 # PARAM: channels left (o < out_c), a register
         # the channel store's address is registered (ch_addr, with ch_sel), its records
         # arrive MEM_LATENCY cycles after that
         pvs = [Signal(name=f"pv{k}") for k in range(MEM_LATENCY + 1)]
@@ -141,6 +144,7 @@ class Sequencer(wiring.Component):
                 m.next = "LATCH"
             with m.State("LATCH"):
                 m.d.sync += [d.eq(rom_word), o.eq(0), og.eq(0), q.eq(rom_word.sh_q0),
+                             more.eq(rom_word.out_c != 0),
                              r.eq(rom_word.sh_r0), rg.eq(rom_word.sh_rg0)]
                 with m.If(rom_word.skip):
                     m.next = "NEXT"
@@ -150,8 +154,9 @@ class Sequencer(wiring.Component):
                 # one output channel per cycle: its requantisation record (array layers)
                 # and its place-table entry (every layer)
                 m.d.sync += self.ch_sel.eq(1)
-                with m.If(o < d.out_c):
+                with m.If(more):
                     m.d.sync += [pv0.eq(d.kind == 0), po0.eq(o), o.eq(o + 1),
+                                 more.eq(o + 1 != d.out_c),
                                  en1.eq(1), addr1.eq(o),
                                  idx1.eq(Mux(d.sh_g != 0, rg + q, d.out_pre + o)),
                                  lm1.eq(d.cout_g - og - 1),
@@ -164,6 +169,12 @@ class Sequencer(wiring.Component):
                     m.next = "START"
             with m.State("START"):
                 m.d.comb += self.run_start.eq(1)
+                m.next = "WAIT1"
+            # the units see run_start through registers of their own (START + 1), they are
+            # busy from START + 2 on, and layer_done comes registered (START + 3)
+            with m.State("WAIT1"):
+                m.next = "WAIT2"
+            with m.State("WAIT2"):
                 m.next = "RUN"
             with m.State("RUN"):
                 with m.If(self.layer_done):

@@ -53,9 +53,9 @@ One beat (R*C MACs) per cycle while the current pixel tile is loaded and ``w_str
 valid. Loading a pixel tile takes ``nrows * ceil(groups*K/L)`` cycles and overlaps the
 previous tile's ``groups * otiles * K`` compute cycles, so the array is compute bound when
 ``otiles * L >= R`` (e.g. 64 -> 64 channels on 8 x 8 with L = 2). Latency from a tile's last
-beat to its first output beat: 10 cycles (activation RAM: a per-row address register, the
+beat to its first output beat: 11 cycles (activation RAM: a per-row address register, the
 RAM, its output register: 3, x - x_zp: 1, operand registers: 1, MULT18X18D: 3,
-accumulate: 1, output register: 1). The output has no
+accumulate: 1, shadow register: 1, output register: 1). The output has no
 backpressure: the consumer hands out credits (``o_allow``, :class:`hwgen.hw.credit.CreditFifo`)
 and a row drains only with one, so no ready signal reaches the array's wide registers.
 A layer's first beat waits one extra cycle (cfg sampling).
@@ -486,8 +486,6 @@ class SystolicArray(wiring.Component):
         jbase = Signal(range(p.max_k + 1))   # first patch index of the current group
         j = Signal(range(p.max_k + 1))       # jbase + beat index in the group
         pending = Signal()     # a tile's last beat issued, its drain not finished
-        ch_base = Signal(p.ch_bits)    # first output channel of the current tile
-        grp_base = Signal(p.ch_bits)   # first output channel of the current group
         is_last = Signal()                # k_rem == 0, registered
         ot_z, g_z = Signal(), Signal()    # ot_rem == 0, g_rem == 0, registered
         tile_end = is_last & ot_z & g_z
@@ -518,7 +516,7 @@ class SystolicArray(wiring.Component):
         with m.If(r_fresh & have):
             m.d.sync += [r_fresh.eq(0), k_rem.eq(cfg.k - 1), ot_rem.eq(cfg.otiles - 1),
                          g_rem.eq(cfg.groups - 1), k_first.eq(1), j.eq(0), jbase.eq(0),
-                         ch_base.eq(0), grp_base.eq(0), is_last.eq(cfg.k == 1),
+                         is_last.eq(cfg.k == 1),
                          ot_z.eq(cfg.otiles == 1), g_z.eq(cfg.groups == 1)]
         with m.If(issue):
             m.d.sync += k_first.eq(is_last)
@@ -529,17 +527,13 @@ class SystolicArray(wiring.Component):
                     m.d.sync += [ot_rem.eq(cfg.otiles - 1), ot_z.eq(cfg.otiles == 1)]
                     with m.If(g_z):
                         m.d.sync += [g_rem.eq(cfg.groups - 1), g_z.eq(cfg.groups == 1),
-                                     jbase.eq(0), j.eq(0),
-                                     rd_bank.eq(~rd_bank), grp_base.eq(0), ch_base.eq(0),
+                                     jbase.eq(0), j.eq(0), rd_bank.eq(~rd_bank),
                                      r_fresh.eq(Mux(rd_bank, bank_last[1], bank_last[0]))]
                     with m.Else():
                         m.d.sync += [g_rem.eq(g_rem - 1), g_z.eq(g_rem == 1),
-                                     jbase.eq(j + 1), j.eq(j + 1),
-                                     grp_base.eq(grp_base + cfg.cout_g),
-                                     ch_base.eq(grp_base + cfg.cout_g)]
+                                     jbase.eq(j + 1), j.eq(j + 1)]
                 with m.Else():
-                    m.d.sync += [ot_rem.eq(ot_rem - 1), ot_z.eq(ot_rem == 1),
-                                 ch_base.eq(ch_base + C)]
+                    m.d.sync += [ot_rem.eq(ot_rem - 1), ot_z.eq(ot_rem == 1)]
             with m.Else():
                 m.d.sync += [k_rem.eq(k_rem - 1), j.eq(j + 1), is_last.eq(k_rem == 1)]
 
@@ -560,14 +554,30 @@ class SystolicArray(wiring.Component):
         s1 = Signal(flag_layout)
         s1_lane = Signal(max(lb, 1))
         s1_w = Signal(data.ArrayLayout(signed(8), C))
+        s1_otz, s1_gz = Signal(), Signal()
         m.d.sync += [s1.valid.eq(issue), s1.first.eq(k_first), s1.last.eq(is_last),
-                     s1.nrows.eq(Mux(rd_bank, bank_nrows[1], bank_nrows[0])), s1.ch.eq(ch_base),
+                     s1_otz.eq(ot_z), s1_gz.eq(g_z),
+                     s1.nrows.eq(Mux(rd_bank, bank_nrows[1], bank_nrows[0])),
                      s1.pix.eq(Mux(rd_bank, bank_pix[1], bank_pix[0])),
                      s1_lane.eq(j[:lb] if lb else 0), s1_w.eq(w.payload)]
         s2 = Signal(flag_layout)
         s2_lane = Signal(max(lb, 1))
         s2_w = Signal(data.ArrayLayout(signed(8), C))
         m.d.sync += [s2.eq(s1), s2_lane.eq(s1_lane), s2_w.eq(s1_w)]
+        # the beat's first output channel, counted here from the registered flags of the
+        # issued beats (not in the issue logic: no adder behind the issue decision)
+        ch_base = Signal(p.ch_bits)    # first output channel of the current tile
+        grp_base = Signal(p.ch_bits)   # first output channel of the current group
+        m.d.sync += s2.ch.eq(ch_base)
+        with m.If(s1.valid & s1.last):
+            with m.If(s1_otz):
+                with m.If(s1_gz):
+                    m.d.sync += [ch_base.eq(0), grp_base.eq(0)]
+                with m.Else():
+                    m.d.sync += [ch_base.eq(grp_base + cfg.cout_g),
+                                 grp_base.eq(grp_base + cfg.cout_g)]
+            with m.Else():
+                m.d.sync += ch_base.eq(ch_base + C)
         s2x = Signal(flag_layout)
         s2x_lane = Signal(max(lb, 1))
         s2x_w = Signal(data.ArrayLayout(signed(8), C))
@@ -628,16 +638,21 @@ class SystolicArray(wiring.Component):
         row_shift = []
         for r in range(R):
             row_shift.append(kept_reg(m, Cat(*[row_shift_d[r]] * C), f"row_shift{r}", prim))
+        # the shadow takes the finished sums from the accumulators a cycle after the last
+        # beat (acc then holds them, even when the next tile's first beat lands in that
+        # cycle): no adder in front of the shadow registers
         for r in range(R):
             f = row_dly[r]
+            load_d = Signal(name=f"load_d{r}")
+            m.d.sync += load_d.eq(f.load)
             for c in range(C):
                 s = Signal(ACC, name=f"sum_r{r}_c{c}")
                 # invalid beats carry x = 0, so their product is 0: acc needs no enable;
                 # a tile starts from its bias
                 m.d.comb += s.eq(Mux(f.first, bias_r[c], acc[r][c]) + prods[r][c])
                 m.d.sync += acc[r][c].eq(s)
-                with m.If(f.load):
-                    m.d.sync += shadow[r][c].eq(s)
+                with m.If(load_d):
+                    m.d.sync += shadow[r][c].eq(acc[r][c])
                 with m.Elif(row_shift[r][c]):
                     m.d.sync += shadow[r][c].eq(shadow[r + 1][c] if r + 1 < R else 0)
 
@@ -654,7 +669,9 @@ class SystolicArray(wiring.Component):
         o_valid, o_data, in_data = Signal(), Signal(p.out_layout), Signal(p.out_layout)
         m.d.comb += [o.valid.eq(o_valid), o.payload.eq(o_data)]
         move = (sh_rows != 0) & allow_r
-        load = dly.valid & dly.last
+        dly_l = Signal(flag_layout)      # the flags of the stage the shadow loads in
+        m.d.sync += dly_l.eq(dly)
+        load = dly_l.valid & dly_l.last
         # the tile's first beat took bias_r: the bias leaves the stream a cycle later (a
         # registered ready), and only then may the next tile's first beat issue
         consumed = Signal()
@@ -663,8 +680,8 @@ class SystolicArray(wiring.Component):
             m.d.sync += bias_used.eq(0)
         m.d.comb += bs.ready.eq(consumed)
         with m.If(load):
-            m.d.sync += [sh_rows.eq(dly.nrows), sh_ch.eq(dly.ch),
-                         sh_pix.eq(dly.pix)]
+            m.d.sync += [sh_rows.eq(dly_l.nrows), sh_ch.eq(dly_l.ch),
+                         sh_pix.eq(dly_l.pix)]
         with m.Elif(move):
             m.d.sync += [sh_rows.eq(sh_rows - 1), sh_pix.eq(sh_pix + 1)]
         # the shadow shifts up one row per drained row: row 0 is always the next one (no
@@ -672,7 +689,7 @@ class SystolicArray(wiring.Component):
         # cycle ahead (from o_allow and the next sh_rows) into a register per row: short,
         # local enable nets instead of one wide one
         sh_rows_n = Signal.like(sh_rows)
-        m.d.comb += sh_rows_n.eq(Mux(load, dly.nrows, Mux(move, sh_rows - 1, sh_rows)))
+        m.d.comb += sh_rows_n.eq(Mux(load, dly_l.nrows, Mux(move, sh_rows - 1, sh_rows)))
         m.d.comb += [row_shift_d[r].eq(self.o_allow & (sh_rows_n > r)) for r in range(R)]
         m.d.comb += [in_data.acc[c].eq(shadow[0][c]) for c in range(C)]
         m.d.comb += [in_data.ch.eq(sh_ch), in_data.pix.eq(sh_pix)]
