@@ -18,7 +18,8 @@ The accelerator as built
 Cycle model (one layer = one descriptor; units never overlap layers)
 --------------------------------------------------------------------
 Every executed layer costs the sequencer ``out_c + SEQ_OVERHEAD`` cycles (FETCH, LATCH, one
-PARAM cycle per output channel: place table and requantiser record, START, NEXT, the
+PARAM cycle per output channel: place table and requantiser record, START and two wait
+cycles, NEXT, the
 placer's drain), :func:`seq_cycles`. Address remaps (free Concat / ChannelShuffle /
 ChannelSlice) cost 0.
 
@@ -102,12 +103,13 @@ __all__ = [
 
 # --- cycles -------------------------------------------------------------------------------
 #: Sequencer cycles per executed layer besides one PARAM cycle per output channel: FETCH, FETCH2,
-#: LATCH, START, NEXT and the placer's drain (hw/sequencer.py, hw/layer_io.py Placer).
-SEQ_OVERHEAD = 10
+#: LATCH, START, WAIT1, WAIT2, NEXT, the registered layer-done flag and the placer's drain
+#: (hw/sequencer.py, hw/layer_io.py Placer).
+SEQ_OVERHEAD = 13
 #: Systolic layer fill and drain: patch-address pipeline (15), array (10), requantiser input
 #: register and pipeline (20), output FIFO, writer stages, placer (6) and the credit loops,
 #: less what overlaps; fitted to the measured MobileNet 0.25/96 layers on its 4 x 12 array
-#: (pw8 13,412, pw14 18,248, fc 584, GAP 5,443, conv1 62,342 cycles: all within +-0.1 %).
+#: (pw8 13,415, pw14 18,251, fc 587, GAP 5,446, conv1 62,345 cycles: all within +-0.1 %).
 SA_PIPE = 58
 #: A step's last beat waits until the previous step's shadow bank has drained: the array's
 #: latency from a last beat to the shadow bank (10 cycles) plus one row per cycle
