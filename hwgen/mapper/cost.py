@@ -74,8 +74,8 @@ unit, ``AVGPOOL_DSP`` for the average-pool unit, ``DSP_ADDRESS`` for address ari
 (:class:`hwgen.hw.bram.BlockRam`, always at least one block) through
 :func:`hwgen.hw.bram.dp16kd_geometry` (:func:`bram_blocks`), the array's activation store
 (:class:`hwgen.hw.systolic.ByteRam`: R rows x 2 banks of ``2**ceil(log2(max_k))`` bytes),
-and memories yosys infers (:func:`dp16kd_for`: the requantiser lanes' parameter memories,
-the line buffers, the host link's staging buffer).
+the requantiser lanes' parameter memories (:func:`requant_param_blocks`) and memories yosys
+infers (:func:`dp16kd_for`: the line buffers, the host link's staging buffer).
 Calibrated against yosys ``synth_ecp5`` of the VWW MobileNet 0.25/96/2 board design (85F,
 UART host link): 4 x 12 array with the depthwise unit (classic ABC LUT mapping): 114
 MULT18X18D, 174 DP16KD, 15,588 LUT4 + 3,939 CCU2C (model: 114, 174, 23,504 LUT4-eq.);
@@ -88,8 +88,8 @@ from functools import lru_cache
 from math import ceil
 
 __all__ = [
-    "dp16kd_for", "bram_blocks", "lutram_lut4", "seq_cycles", "sa_layer_cycles",
-    "sa_store_blocks", "dw_layer_cycles", "maxpool_cycles", "add_cycles", "avgpool_cycles",
+    "dp16kd_for", "bram_blocks", "requant_param_blocks", "lutram_lut4", "seq_cycles",
+    "sa_layer_cycles", "sa_store_blocks", "dw_layer_cycles", "maxpool_cycles", "add_cycles", "avgpool_cycles",
     "avg_interval", "pool_extent",
     "SEQ_OVERHEAD", "SA_PIPE", "SA_DRAIN_GAP", "SA_BIAS_GAP", "DW_CH_OVERHEAD", "DW_LOADER_CYCLES",
     "DW_LATENCY", "MAXPOOL_EXTRA", "MAXPOOL_LATENCY", "ADD_LATENCY", "AVGPOOL_LATENCY",
@@ -223,12 +223,21 @@ def dp16kd_for(depth: int, width_bits: int) -> int:
     return min(ceil(width_bits / w) * ceil(depth / d) for d, w in DP16KD_CONFIGS)
 
 
-def bram_blocks(width_bits: int, depth: int) -> int:
+def bram_blocks(width_bits: int, depth: int, wide: bool = False) -> int:
     """DP16KD blocks of an explicit :class:`hwgen.hw.bram.BlockRam` (at least one: the
-    accelerator instantiates every store even when it is empty)."""
+    accelerator instantiates every store even when it is empty); ``wide``: latency 1, the
+    36-bit mode allowed (the stores have latency 2 and up: 9- or 18-bit mode)."""
     from ..hw.bram import dp16kd_geometry
-    _, cols, rows = dp16kd_geometry(width_bits, max(depth, 2))
+    _, cols, rows = dp16kd_geometry(width_bits, max(depth, 2), wide=wide)
     return cols * rows
+
+
+def requant_param_blocks(channels: int) -> int:
+    """DP16KD blocks of one requantiser lane's parameter memory (hw/requant.py: a
+    latency-1 :class:`hwgen.hw.bram.BlockRam`, or distributed RAM when shallow)."""
+    if channels <= LUTRAM_MAX_DEPTH:
+        return 0
+    return bram_blocks(REQUANT_PARAM_BITS, channels, wide=True)
 
 
 def sa_store_blocks(rows: int, max_k: int) -> int:

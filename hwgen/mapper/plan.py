@@ -781,7 +781,7 @@ def _usage(m: _Model, e: Engines, s: dict, onchip: list[bool] | None) -> list[Us
     u.append(Usage("requant", cost.LUT_PER_REQUANT_LANE * e.rq_lanes
                    + e.rq_lanes * cost.lutram_lut4(rq, cost.REQUANT_PARAM_BITS),
                    cost.REQUANT_DSP_PER_LANE * e.rq_lanes,
-                   e.rq_lanes * cost.dp16kd_for(rq, cost.REQUANT_PARAM_BITS)))
+                   e.rq_lanes * cost.requant_param_blocks(rq)))
     u.append(Usage("feeders", cost.LUT_FEEDERS + cost.LUT_FEEDER_PER_COL * C, cost.DSP_ADDRESS,
                    cost.bram_blocks(cost.PLACE_BITS, s["max_channels"])))       # place table
     if P:
