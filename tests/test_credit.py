@@ -1,5 +1,6 @@
 """CreditFifo: a free-running producer pipeline never overflows the FIFO, beats keep their
-order, and with a consumer that is always ready the producer is never held back."""
+order, and with a consumer that is always ready the producer is never held back (with and
+without the skid buffer on the read side)."""
 from __future__ import annotations
 
 import random
@@ -11,12 +12,12 @@ from amaranth.sim import Simulator
 from hwgen.hw.credit import CreditFifo
 
 
-def _run(depth, lag, latency, p_ready, p_want, n=300, seed=1):
+def _run(depth, lag, latency, p_ready, p_want, n=300, seed=1, skid=False):
     """Producer: wants to issue with probability ``p_want`` per cycle, sees ``allow``
     ``lag`` cycles late, the beat reaches the FIFO ``latency`` cycles after issue.
     Returns (beats received, cycles with an issue allowed-but-waiting, overflow, cycles)."""
     m = Module()
-    m.submodules.cf = cf = CreditFifo(16, depth, lag=lag)
+    m.submodules.cf = cf = CreditFifo(16, depth, lag=lag, skid=skid)
     allow_d = cf.allow
     for k in range(lag):
         nxt = Signal(name=f"allow_d{k}", init=1)
@@ -66,17 +67,22 @@ def _run(depth, lag, latency, p_ready, p_want, n=300, seed=1):
 
 @pytest.mark.parametrize("depth,lag,latency", [(4, 0, 0), (8, 2, 3), (32, 2, 19), (6, 1, 7)])
 @pytest.mark.parametrize("p_ready", [0.2, 0.7])
-def test_never_overflows_and_keeps_order(depth, lag, latency, p_ready):
-    got, _, overflow, _ = _run(depth, lag, latency, p_ready, p_want=0.9)
+@pytest.mark.parametrize("skid", [False, True])
+def test_never_overflows_and_keeps_order(depth, lag, latency, p_ready, skid):
+    got, _, overflow, _ = _run(depth, lag, latency, p_ready, p_want=0.9, skid=skid)
     assert not overflow
     assert got == list(range(len(got))) and len(got) >= 300
 
 
-def test_full_throughput_when_consumer_always_ready():
-    """Depth >= latency + lag + 4: an always-ready consumer never holds the producer back."""
-    got, stalled, overflow, cycles = _run(depth=32, lag=2, latency=19, p_ready=1.0, p_want=1.0)
+@pytest.mark.parametrize("skid", [False, True])
+def test_full_throughput_when_consumer_always_ready(skid):
+    """Depth >= latency + lag + 4: an always-ready consumer never holds the producer back
+    (through the skid buffer too: one beat per cycle)."""
+    got, stalled, overflow, cycles = _run(depth=32, lag=2, latency=19, p_ready=1.0, p_want=1.0,
+                                          skid=skid)
     assert not overflow and got == list(range(len(got)))
     assert stalled == 0
+    assert cycles <= 300 + 19 + 2 + 4     # one beat per cycle after the pipeline fills
 
 
 def test_too_shallow_fifo_throttles_but_stays_correct():

@@ -19,7 +19,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["CreditFifo", "StreamSlice"]
+__all__ = ["CreditFifo", "SkidBuffer", "StreamSlice"]
 
 
 class CreditFifo(wiring.Component):
@@ -38,6 +38,10 @@ class CreditFifo(wiring.Component):
         ``t`` must have seen ``allow`` high in cycle ``t - j`` for one fixed ``j <= lag``
         (e.g. through ``j`` registers). ``allow`` in cycle ``t`` reserves room for the
         ``lag + 1`` beats of cycles ``t .. t + lag``.
+    skid : bool
+        Read through a :class:`SkidBuffer`: the consumer's ``ready`` then reaches only the
+        skid buffer's registers (placed next to the consumer), not the FIFO's pointers and
+        level; a beat takes a cycle more, the rate stays one per cycle.
 
     Members
     -------
@@ -56,14 +60,14 @@ class CreditFifo(wiring.Component):
         Beats issued and not yet read (one cycle late after the last read).
     """
 
-    def __init__(self, shape, depth: int, lag: int = 0):
+    def __init__(self, shape, depth: int, lag: int = 0, skid: bool = False):
         self._MustUse__silence = True     # not elaborated if the checks below fail
         if not isinstance(lag, int) or lag < 0:
             raise ValueError(f"CreditFifo lag must be a non-negative int, got {lag!r}")
         if not isinstance(depth, int) or depth < lag + 2:
             raise ValueError(f"CreditFifo depth must be an int >= lag + 2, got {depth!r}")
         self._MustUse__silence = False
-        self.shape, self.depth, self.lag = shape, depth, lag
+        self.shape, self.depth, self.lag, self.skid = shape, depth, lag, skid
         self.width = Shape.cast(shape).width
         super().__init__({
             "issue": In(1), "allow": Out(1, init=1),
@@ -76,19 +80,57 @@ class CreditFifo(wiring.Component):
         m = Module()
         m.submodules.fifo = fifo = SyncFIFOBuffered(width=self.width, depth=self.depth)
         o = self.o_stream
-        m.d.comb += [fifo.w_en.eq(self.w_en), fifo.w_data.eq(self.w_data),
-                     o.valid.eq(fifo.r_rdy), o.payload.eq(fifo.r_data),
-                     fifo.r_en.eq(o.ready)]
+        m.d.comb += [fifo.w_en.eq(self.w_en), fifo.w_data.eq(self.w_data)]
+        out_busy = 0
+        if self.skid:
+            m.submodules.skid = sb = SkidBuffer(self.shape)
+            m.d.comb += [sb.i_stream.valid.eq(fifo.r_rdy), sb.i_stream.payload.eq(fifo.r_data),
+                         fifo.r_en.eq(sb.i_stream.ready)]
+            wiring.connect(m, sb.o_stream, wiring.flipped(o))
+            out_busy = sb.busy
+            fifo_pop = fifo.r_rdy & sb.i_stream.ready
+        else:
+            m.d.comb += [o.valid.eq(fifo.r_rdy), o.payload.eq(fifo.r_data),
+                         fifo.r_en.eq(o.ready)]
+            fifo_pop = o.valid & o.ready
         # sticky: a beat arrived with the FIFO full (a broken producer; tests check it)
         with m.If(self.w_en & ~fifo.w_rdy):
             m.d.sync += self.overflow.eq(1)
         popped = Signal()
-        m.d.sync += popped.eq(o.valid & o.ready)
+        m.d.sync += popped.eq(fifo_pop)
         cnt = Signal(range(self.depth + 1))
         nxt = Signal(range(self.depth + 2))
         m.d.comb += nxt.eq(cnt + self.issue - popped)
         m.d.sync += [cnt.eq(nxt), self.allow.eq(nxt + self.lag + 1 <= self.depth)]
-        m.d.comb += self.busy.eq(cnt != 0)
+        m.d.comb += self.busy.eq((cnt != 0) | out_busy)
+        return m
+
+
+class SkidBuffer(wiring.Component):
+    """Two-entry stream register whose ``i_stream.ready`` is a flip-flop: the consumer's
+    ``ready`` reaches only this buffer's own registers, never the producer. One beat per
+    cycle, a beat takes a cycle more. ``busy``: a beat is held."""
+
+    def __init__(self, shape):
+        self.shape = shape
+        super().__init__({"i_stream": In(stream.Signature(shape)),
+                          "o_stream": Out(stream.Signature(shape)), "busy": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        i, o = self.i_stream, self.o_stream
+        main, skid = Signal(self.shape), Signal(self.shape)
+        main_v, skid_v = Signal(), Signal()
+        m.d.comb += [i.ready.eq(~skid_v), o.valid.eq(main_v), o.payload.eq(main),
+                     self.busy.eq(main_v | skid_v)]
+        take = i.valid & ~skid_v
+        with m.If(~main_v | o.ready):          # the output register is free next cycle
+            with m.If(skid_v):
+                m.d.sync += [main.eq(skid), main_v.eq(1), skid_v.eq(0)]
+            with m.Else():
+                m.d.sync += [main.eq(i.payload), main_v.eq(take)]
+        with m.Elif(take):                      # held: the arriving beat waits in the skid
+            m.d.sync += [skid.eq(i.payload), skid_v.eq(1)]
         return m
 
 

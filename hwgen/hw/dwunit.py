@@ -289,7 +289,9 @@ class DwUnit(wiring.Component):
         ix, iy = Signal(16), Signal(16)
         addr, cbase = Signal(24), Signal(24)
         emit = Signal()
-        dist = Signal(18)
+        # cycles to the next emission: below 8 * max_width (first <= 2W + 2, a row step <= 2W,
+        # a group step <= 7W), so a short down-counter
+        dist = Signal((8 * self.max_width + 2).bit_length())
         ox, oy, og = Signal(16), Signal(16), Signal(16)
         row0, col0 = Signal(signed(18)), Signal(signed(18))
         all_em = Signal()

@@ -325,6 +325,27 @@ class Placer(wiring.Component):
         return m
 
 
+class _Count:
+    """A counter from 0 to ``limit`` (a descriptor field, static while the unit runs) with a
+    registered "at ``limit``" flag, set from a compare with ``limit - 1`` (registered here):
+    enables built from these flags have no comparison behind them. ``wrap()`` restarts at
+    0, ``step()`` counts up (only while not at the limit)."""
+
+    def __init__(self, m, limit, name: str, width: int = 16):
+        self.m = m
+        self.value = Signal(width, name=name)
+        self.last = Signal(name=f"{name}_last")
+        self._lim_z = Signal(name=f"{name}_lim_z")
+        self._lim_m2 = Signal(width + 1, name=f"{name}_lim_m2")
+        m.d.sync += [self._lim_z.eq(limit == 0), self._lim_m2.eq(limit - 1)]
+
+    def wrap(self):
+        self.m.d.sync += [self.value.eq(0), self.last.eq(self._lim_z)]
+
+    def step(self):
+        self.m.d.sync += [self.value.eq(self.value + 1), self.last.eq(self.value == self._lim_m2)]
+
+
 class PatchFeeder(wiring.Component):
     """Gathers the patch vectors of every output pixel from the byte-wide arena.
 
@@ -332,7 +353,7 @@ class PatchFeeder(wiring.Component):
     array's ``a_stream`` order with ``L = 1``; cells outside the input give ``x_zp``.
     Throughput one byte per cycle (counters, a nine-stage address pipeline with its two
     multiplications on registered MULT18X18Ds, the block-RAM read, three data registers,
-    FIFO); latency ``MEM_LATENCY + 14``.
+    FIFO, skid buffer); latency ``MEM_LATENCY + 15``.
 
     Members
     -------
@@ -353,9 +374,15 @@ class PatchFeeder(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         d = local_desc(m, self.desc)
-        m.submodules.fifo = fifo = CreditFifo(signed(8), self.DEPTH)
+        # read through a skid buffer: the array's issue logic reaches no FIFO pointer
+        m.submodules.fifo = fifo = CreditFifo(signed(8), self.DEPTH, skid=True)
         run = Signal()
-        oy, ox, g, ky, kx, ci = (Signal(16, name=n) for n in ("oy", "ox", "g", "ky", "kx", "ci"))
+        # every counter has a registered "at its last value" flag (_Count): the counters'
+        # enables are ANDs of flags, no comparison sits behind `issue`
+        cnt = {n: _Count(m, lim, n) for n, lim in
+               (("ci", d.cin_g_m1), ("kx", d.kw_m1), ("ky", d.kh_m1), ("g", d.groups_m1),
+                ("ox", d.out_w_m1), ("oy", d.out_h_m1))}
+        ci, kx, ky, g = (cnt[n].value for n in ("ci", "kx", "ky", "g"))
         iy0, ix0 = Signal(signed(18)), Signal(signed(18))
         cbase = Signal(16)
         # address pipeline: S1 coordinates, S2..S4 row * in_w (a MULT18X18D registered at
@@ -393,51 +420,31 @@ class PatchFeeder(wiring.Component):
                      self.o_stream.payload.eq(fifo.o_stream.payload),
                      fifo.o_stream.ready.eq(self.o_stream.ready)]
 
-        # every counter has a registered "at its last value" flag, set from a compare with
-        # the limit minus one (registered here from the descriptor): the counters' enables
-        # are ANDs of flags, no comparison sits behind `issue`
-        cnts = [(ci, d.cin_g_m1, "ci"), (kx, d.kw_m1, "kx"), (ky, d.kh_m1, "ky"),
-                (g, d.groups_m1, "g"), (ox, d.out_w_m1, "ox"), (oy, d.out_h_m1, "oy")]
-        lasts = {}
-        for cnt, lim, name in cnts:
-            lim_z, lim_m2 = Signal(name=f"{name}_lim_z"), Signal(17, name=f"{name}_lim_m2")
-            m.d.sync += [lim_z.eq(lim == 0), lim_m2.eq(lim - 1)]
-            lasts[name] = (Signal(name=f"{name}_last"), lim_z, lim_m2)
-
-        def step(name, cnt):
-            last, lim_z, lim_m2 = lasts[name]
-            m.d.sync += [cnt.eq(cnt + 1), last.eq(cnt == lim_m2)]
-
-        def wrap(name, cnt):
-            last, lim_z, lim_m2 = lasts[name]
-            m.d.sync += [cnt.eq(0), last.eq(lim_z)]
-
-        ci_l, kx_l, ky_l, g_l, ox_l, oy_l = (lasts[n][0] for _, _, n in cnts)
         with m.If(self.start):
             m.d.sync += [run.eq(1), iy0.eq(-d.pad_t), ix0.eq(-d.pad_l), cbase.eq(0)]
-            for cnt, _, name in cnts:
-                wrap(name, cnt)
+            for c in cnt.values():
+                c.wrap()
         with m.Elif(issue):
-            step("ci", ci)
-            with m.If(ci_l):
-                wrap("ci", ci)
-                step("kx", kx)
-                with m.If(kx_l):
-                    wrap("kx", kx)
-                    step("ky", ky)
-                    with m.If(ky_l):
-                        wrap("ky", ky)
-                        step("g", g)
+            cnt["ci"].step()
+            with m.If(cnt["ci"].last):
+                cnt["ci"].wrap()
+                cnt["kx"].step()
+                with m.If(cnt["kx"].last):
+                    cnt["kx"].wrap()
+                    cnt["ky"].step()
+                    with m.If(cnt["ky"].last):
+                        cnt["ky"].wrap()
+                        cnt["g"].step()
                         m.d.sync += cbase.eq(cbase + d.cin_g)
-                        with m.If(g_l):
-                            wrap("g", g)
-                            step("ox", ox)
+                        with m.If(cnt["g"].last):
+                            cnt["g"].wrap()
+                            cnt["ox"].step()
                             m.d.sync += [cbase.eq(0), ix0.eq(ix0 + d.sw)]
-                            with m.If(ox_l):
-                                wrap("ox", ox)
-                                step("oy", oy)
+                            with m.If(cnt["ox"].last):
+                                cnt["ox"].wrap()
+                                cnt["oy"].step()
                                 m.d.sync += [ix0.eq(-d.pad_l), iy0.eq(iy0 + d.sh)]
-                                with m.If(oy_l):
+                                with m.If(cnt["oy"].last):
                                     m.d.sync += run.eq(0)
         return m
 
@@ -445,8 +452,8 @@ class PatchFeeder(wiring.Component):
 class WeightFeeder(wiring.Component):
     """Replays a layer's weight block once per pixel tile: ``groups * otiles * k`` beats of
     ``cols`` int8 (weight-store words; depthwise: the tap byte in lane 0; pooling: 1 in
-    lane 0). One beat per cycle, latency ``w_latency + 2`` cycles (address register, the
-    weight store's read, FIFO; ``MEM_LATENCY + 2`` from the tap memory).
+    lane 0). One beat per cycle, latency ``w_latency + 3`` cycles (address register, the
+    weight store's read, FIFO, skid buffer; ``MEM_LATENCY + 3`` from the tap memory).
 
     Members
     -------
@@ -469,7 +476,7 @@ class WeightFeeder(wiring.Component):
         m = Module()
         d = local_desc(m, self.desc)
         C = self.cols
-        m.submodules.fifo = fifo = CreditFifo(8 * C, self.DEPTH)
+        m.submodules.fifo = fifo = CreditFifo(8 * C, self.DEPTH, skid=True)
         run = Signal()
         pt = Signal(24)          # pixel tiles left after this one
         i = Signal(32)           # beat of the current replay
@@ -535,9 +542,9 @@ class BiasFeeder(wiring.Component):
         m = Module()
         d = local_desc(m, self.desc)
         C = self.cols
-        pt = Signal(24)
-        g = Signal(16)
-        ot = Signal(16)
+        # tile / group / output-tile counters with registered "last" flags (_Count)
+        pt_c, g_c, ot_c = (_Count(m, d.tiles_m1, "pt", 24), _Count(m, d.groups_m1, "g"),
+                           _Count(m, d.otiles_m1, "ot"))
         c = Signal(range(C + 1))
         obase = Signal(24)       # g * cout_g + ot * C
         rem = Signal(signed(18))  # cout_g - ot * C
@@ -577,8 +584,9 @@ class BiasFeeder(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += self.done.eq(1)
                 with m.If(self.start):
-                    m.d.sync += [pt.eq(0), g.eq(0), ot.eq(0), c.eq(0), obase.eq(0),
-                                 rem.eq(d.cout_g), clr.eq(1),
+                    for k in (pt_c, g_c, ot_c):
+                        k.wrap()
+                    m.d.sync += [c.eq(0), obase.eq(0), rem.eq(d.cout_g), clr.eq(1),
                                  left.eq(Mux(d.bias_zero, 0, Mux(d.cout_g > C, C, d.cout_g)))]
                     m.next = "FILL"
             with m.State("FILL"):
@@ -592,16 +600,20 @@ class BiasFeeder(wiring.Component):
             with m.State("OUT"):
                 m.d.comb += self.o_stream.valid.eq(1)
                 with m.If(self.o_stream.ready):
-                    m.d.sync += [clr.eq(1), c.eq(0), ot.eq(ot + 1), obase.eq(obase + C),
+                    ot_c.step()
+                    m.d.sync += [clr.eq(1), c.eq(0), obase.eq(obase + C),
                                  rem.eq(rem - C), left.eq(Mux(d.bias_zero, 0, nv_next))]
                     m.next = "FILL"
-                    with m.If(ot == d.otiles_m1):
-                        m.d.sync += [ot.eq(0), g.eq(g + 1), rem.eq(d.cout_g),
-                                     obase.eq(obase + rem),
+                    with m.If(ot_c.last):
+                        ot_c.wrap()
+                        g_c.step()
+                        m.d.sync += [rem.eq(d.cout_g), obase.eq(obase + rem),
                                      left.eq(Mux(d.bias_zero, 0, nv_first))]
-                        with m.If(g == d.groups_m1):
-                            m.d.sync += [g.eq(0), obase.eq(0), pt.eq(pt + 1)]
-                            with m.If(pt == d.tiles_m1):
+                        with m.If(g_c.last):
+                            g_c.wrap()
+                            pt_c.step()
+                            m.d.sync += obase.eq(0)
+                            with m.If(pt_c.last):
                                 m.next = "IDLE"
         return m
 

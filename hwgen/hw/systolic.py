@@ -345,8 +345,9 @@ class SystolicArray(wiring.Component):
     Members
     -------
     cfg : In(params.config_layout)
-        Layer shape (:meth:`SystolicLayer.config`); hold stable while ``busy`` or any stream
-        of the layer is still moving.
+        Layer shape (:meth:`SystolicLayer.config`); set it at least two cycles before the
+        layer's first ``a_stream`` beat (values derived from it are registered) and hold it
+        stable while ``busy`` or any stream of the layer is still moving.
     a_stream : In(stream.Signature(ArrayLayout(signed(8), L)))
         Patch vectors, pixel-major.
     w_stream : In(stream.Signature(ArrayLayout(signed(8), C)))
@@ -397,7 +398,7 @@ class SystolicArray(wiring.Component):
         for r in range(R):
             row = []
             for l in range(L):
-                ram = ByteRam(2 << AW, prim)
+                ram = ByteRam(2 << AW, prim, write_reg=True)
                 m.submodules[f"act_r{r}_l{l}"] = ram
                 row.append(ram)
             rams.append(row)
@@ -428,45 +429,54 @@ class SystolicArray(wiring.Component):
         m.d.comb += a.ready.eq(~w_fresh & ~Mux(wr_bank, full[1], full[0]))
         a_fire = a.valid & a.ready
         # the write reaches the RAMs one cycle after the beat is taken, from registers of
-        # their own per row (on ECP5 kept apart: the rows' block RAMs may sit far apart)
+        # each block's own (ByteRam write_reg; on ECP5 kept apart: the blocks may sit far
+        # apart)
         for r in range(R):
-            w_in = Cat(wr_beat[:AW], wr_bank, a.payload.as_value(), a_fire & (wr_row == r))
-            w_q = kept_reg(m, w_in, f"wr_r{r}", prim)
             for l in range(L):
                 ram = rams[r][l]
-                m.d.comb += [ram.w_addr.eq(w_q[:AW + 1]),
-                             ram.w_data.eq(w_q[AW + 1 + 8 * l:AW + 9 + 8 * l]),
-                             ram.w_en.eq(w_q[-1])]
+                m.d.comb += [ram.w_addr.eq(Cat(wr_beat[:AW], wr_bank)),
+                             ram.w_data.eq(a.payload[l]),
+                             ram.w_en.eq(a_fire & (wr_row == r))]
 
         # tile bookkeeping from the configuration's tile count and last-tile rows: no
         # subtraction or comparison of pixel counts at a tile boundary; "at zero" flags of
         # the beat and row counters are registers too
         beat_z, row_z = Signal(), Signal()
+        # the configuration's derived values, registered (cfg is static while a layer runs
+        # and settles before its first beat), and "the next tile is the last" as a flag
+        lr_p1 = Signal.like(w_nrows)
+        lr_z, tiles_z, tiles_1, beats_z = Signal(), Signal(), Signal(), Signal()
+        beats_m1 = Signal.like(beat_rem)
+        m.d.sync += [lr_p1.eq(cfg.last_rows_m1 + 1), lr_z.eq(cfg.last_rows_m1 == 0),
+                     tiles_z.eq(cfg.tiles_m1 == 0), tiles_1.eq(cfg.tiles_m1 == 1),
+                     beats_m1.eq(cfg.beats - 1), beats_z.eq(cfg.beats == 1)]
+        w_nl = Signal()                   # w_trem == 1
         with m.If(w_fresh & a.valid):
-            last0 = cfg.tiles_m1 == 0
+            last0 = tiles_z
             m.d.sync += [w_fresh.eq(0), w_trem.eq(cfg.tiles_m1), w_last.eq(last0),
-                         w_nrows.eq(Mux(last0, cfg.last_rows_m1 + 1, R)),
+                         w_nl.eq(tiles_1),
+                         w_nrows.eq(Mux(last0, lr_p1, R)),
                          row_rem.eq(Mux(last0, cfg.last_rows_m1, R - 1)),
-                         row_z.eq(Mux(last0, cfg.last_rows_m1 == 0, R == 1)),
-                         beat_rem.eq(cfg.beats - 1), beat_z.eq(cfg.beats == 1),
+                         row_z.eq(Mux(last0, lr_z, R == 1)),
+                         beat_rem.eq(beats_m1), beat_z.eq(beats_z),
                          wr_row.eq(0), wr_beat.eq(0), wr_base.eq(0)]
         tile_loaded = Signal()
         with m.If(a_fire):
             with m.If(beat_z):
-                m.d.sync += [beat_rem.eq(cfg.beats - 1), beat_z.eq(cfg.beats == 1),
-                             wr_beat.eq(0)]
+                m.d.sync += [beat_rem.eq(beats_m1), beat_z.eq(beats_z), wr_beat.eq(0)]
                 with m.If(row_z):
                     m.d.comb += tile_loaded.eq(1)
                     for b in (0, 1):
                         with m.If(wr_bank == b):
                             m.d.sync += [bank_nrows[b].eq(w_nrows), bank_last[b].eq(w_last),
                                          bank_pix[b].eq(wr_base)]
-                    nlast = w_trem == 1
+                    nlast = w_nl
                     m.d.sync += [wr_bank.eq(~wr_bank), wr_row.eq(0), wr_base.eq(wr_base + R),
                                  w_trem.eq(w_trem - 1), w_last.eq(nlast),
-                                 w_nrows.eq(Mux(nlast, cfg.last_rows_m1 + 1, R)),
+                                 w_nl.eq(w_trem == 2),
+                                 w_nrows.eq(Mux(nlast, lr_p1, R)),
                                  row_rem.eq(Mux(nlast, cfg.last_rows_m1, R - 1)),
-                                 row_z.eq(Mux(nlast, cfg.last_rows_m1 == 0, R == 1))]
+                                 row_z.eq(Mux(nlast, lr_z, R == 1))]
                     with m.If(w_last):
                         m.d.sync += w_fresh.eq(1)
                 with m.Else():
@@ -709,11 +719,13 @@ class ByteRam(wiring.Component):
     On ECP5 (``primitive``) one DP16KD per 2048 words in 9-bit mode with the B-port output
     register on (REGMODE_B = OUTREG): the block RAM's clock-to-out without it (5.8 ns in
     nextpnr's -6 model) alone would cap the array below 150 MHz. Elsewhere a behavioural
-    ``Memory`` read port followed by one register, cycle-identical.
+    ``Memory`` read port followed by one register, cycle-identical. ``write_reg``: the write
+    port is registered (a write lands a cycle after ``w_en``), on ECP5 in registers of each
+    block's own.
     """
 
-    def __init__(self, depth: int, primitive: bool):
-        self.depth, self.primitive = depth, primitive
+    def __init__(self, depth: int, primitive: bool, write_reg: bool = False):
+        self.depth, self.primitive, self.write_reg = depth, primitive, write_reg
         aw = ceil_log2(depth)
         super().__init__({"w_addr": In(aw), "w_data": In(signed(8)), "w_en": In(1),
                           "r_addr": In(aw), "r_en": In(1, init=1), "r_data": Out(signed(8))})
@@ -724,7 +736,13 @@ class ByteRam(wiring.Component):
             mem = Memory(shape=signed(8), depth=self.depth, init=[])
             m.submodules.mem = mem
             wp, rp = mem.write_port(), mem.read_port()
-            m.d.comb += [wp.addr.eq(self.w_addr), wp.data.eq(self.w_data), wp.en.eq(self.w_en),
+            w_addr, w_data, w_en = self.w_addr, self.w_data, self.w_en
+            if self.write_reg:
+                w_addr, w_data, w_en = (Signal.like(w_addr, name="wa1"),
+                                        Signal.like(w_data, name="wd1"), Signal(name="we1"))
+                m.d.sync += [w_addr.eq(self.w_addr), w_data.eq(self.w_data),
+                             w_en.eq(self.w_en)]
+            m.d.comb += [wp.addr.eq(w_addr), wp.data.eq(w_data), wp.en.eq(w_en),
                          rp.addr.eq(self.r_addr), rp.en.eq(self.r_en)]
             with m.If(self.r_en):
                 m.d.sync += self.r_data.eq(rp.data)
@@ -741,17 +759,21 @@ class ByteRam(wiring.Component):
         for b in range(nblk):
             do = Signal(18, name=f"do{b}")
             ports = {}
+            w_addr, w_data = self.w_addr, self.w_data
+            wen = self.w_en if nblk == 1 else self.w_en & (self.w_addr[11:] == b)
+            if self.write_reg:      # the write reaches each block from registers of its own
+                wq = kept_reg(m, Cat(w_addr[:min(aw, 11)], w_data, wen), f"wr{b}", True)
+                w_addr, w_data, wen = wq, wq[min(aw, 11):-1], wq[-1]
             for i in range(14):
-                ports[f"i_ADA{i}"] = self.w_addr[i - 3] if 3 <= i < 3 + min(aw, 11) else Const(0, 1)
+                ports[f"i_ADA{i}"] = w_addr[i - 3] if 3 <= i < 3 + min(aw, 11) else Const(0, 1)
                 ports[f"i_ADB{i}"] = self.r_addr[i - 3] if 3 <= i < 3 + min(aw, 11) else Const(0, 1)
             for i in range(18):
-                ports[f"i_DIA{i}"] = self.w_data[i] if i < 8 else Const(0, 1)
+                ports[f"i_DIA{i}"] = w_data[i] if i < 8 else Const(0, 1)
                 ports[f"i_DIB{i}"] = Const(0, 1)
                 ports[f"o_DOB{i}"] = do[i]
             for i in range(3):
                 ports[f"i_CSA{i}"] = Const(0, 1)
                 ports[f"i_CSB{i}"] = Const(0, 1)
-            wen = self.w_en if nblk == 1 else self.w_en & (self.w_addr[11:] == b)
             m.submodules[f"bram{b}"] = Instance(
                 "DP16KD",
                 p_DATA_WIDTH_A=9, p_DATA_WIDTH_B=9, p_REGMODE_A="NOREG", p_REGMODE_B="OUTREG",
