@@ -106,11 +106,11 @@ __all__ = [
 #: LATCH, START, WAIT1, WAIT2, NEXT, the registered layer-done flag and the placer's drain
 #: (hw/sequencer.py, hw/layer_io.py Placer).
 SEQ_OVERHEAD = 13
-#: Systolic layer fill and drain: patch-address pipeline (15), array (10), requantiser input
+#: Systolic layer fill and drain: patch-address pipeline (16), array (11), requantiser input
 #: register and pipeline (20), output FIFO, writer stages, placer (6) and the credit loops,
 #: less what overlaps; fitted to the measured MobileNet 0.25/96 layers on its 4 x 12 array
-#: (pw8 13,415, pw14 18,251, fc 587, GAP 5,446, conv1 62,345 cycles: all within +-0.1 %).
-SA_PIPE = 58
+#: (pw8 13,416, pw14 18,252, fc 588, GAP 5,447, conv1 62,346 cycles: all within +-0.1 %).
+SA_PIPE = 59
 #: A step's last beat waits until the previous step's shadow bank has drained: the array's
 #: latency from a last beat to the shadow bank (10 cycles) plus one row per cycle
 #: (hw/systolic.py ``pending``).
