@@ -221,6 +221,8 @@ if _cocotb is not None and os.environ.get("HWGEN_ACCEL_RUN"):
         """Load the image, start, wait for done, read logits and layer cycles."""
         from cocotb.clock import Clock
         from cocotb.triggers import First, ReadOnly, RisingEdge, Timer
+
+        from hwgen.hw.accel_if import OUT_LATENCY
         cfg = json.loads(Path(os.environ["HWGEN_ACCEL_RUN"]).read_text())
         clk = dut.clk
         _cocotb.start_soon(Clock(clk, 10, unit="ns").start())
@@ -251,7 +253,7 @@ if _cocotb is not None and os.environ.get("HWGEN_ACCEL_RUN"):
             vals = []
             for i in range(n):
                 port.value = i
-                for _ in range(4):           # the reads' latency (accel_if.OUT_LATENCY)
+                for _ in range(OUT_LATENCY):      # the reads' latency
                     await RisingEdge(clk)
                 await ReadOnly()
                 vals.append(data.value.to_signed() if signed else int(data.value))

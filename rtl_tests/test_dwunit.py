@@ -1,7 +1,7 @@
 """Run-time-configurable depthwise unit (hwgen.hw.dwunit.DwUnit) against hwgen.golden.ops.conv2d.
 
 A bench component (:class:`DwBench`) holds the unit's three memories (byte-wide arena, tap memory,
-64-bit channel store, all with a read latency of 1..4 cycles: ``mem_latency - 1`` more registers on
+64-bit channel store, all with a read latency of 1..5 cycles: ``mem_latency - 1`` more registers on
 each read data) behind one load port and exposes the write requests. Each run loads two layers into
 disjoint regions (inputs at ``in_addr > 0`` with a pitch larger than the channel count, taps at
 ``w_base``, records at ``ch_base``), starts them back to back (the second in the cycle after
@@ -10,8 +10,8 @@ the int8 value of ``ops.conv2d`` (random tensors, weights, biases, per-channel s
 the outputs spread over many codes, x_zp/y_zp, clamp ranges).
 The cycle count of every layer (start to done) is checked against the streaming goal.
 
-Every case runs with ``mem_latency`` 1, 2 and 4 (unit and bench memories matching; the small
-simulator pair also with 3). Fast tier: three Verilator builds (cocotb_dwunit, one per latency)
+Every case runs with ``mem_latency`` 1, 2 and 5 (unit and bench memories matching; the small
+simulator pair also with 3 and 4). Fast tier: three Verilator builds (cocotb_dwunit, one per latency)
 running every geometry (12 layers in 6 back-to-back pairs: stride 1, 2 and 1x2, padding
 (1,1,1,1), (0,0,1,1), (1,0,1,1) and none, 6x6 .. 12x12, 9x16, 2x3, 1x1, 1..8 channels);
 Amaranth-simulator runs of a small layer pair, of the same pair through a unit that pads with 0
@@ -214,7 +214,7 @@ def run_pysim(run, bug=None, max_width=MAX_WIDTH, latency=1, mem_latency=None):
 SMALL = [(5, 4, 3, 1, S_SAME), (6, 6, 2, 2, TF_S2)]
 
 
-@pytest.mark.parametrize("latency", [1, 2, 3, 4])
+@pytest.mark.parametrize("latency", [1, 2, 3, 4, 5])
 def test_dwunit_pysim_small(latency):
     run = make_run(np.random.default_rng(7), SMALL)
     for layer, writes, cycles in run_pysim(run, latency=latency):
@@ -242,7 +242,7 @@ def test_dwunit_pad_zero_bug_is_caught():
 
 # -- Verilator: every geometry, one build per latency ----------------------------------------------
 
-@pytest.mark.parametrize("latency", [1, 2, 4])
+@pytest.mark.parametrize("latency", [1, 2, 5])
 def test_dwunit_verilator(tmp_path, latency):
     rng = np.random.default_rng(2026)
     runs = [make_run(rng, g) for g in RUNS]
@@ -277,7 +277,7 @@ def random_geoms(rng, n):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("latency", [1, 2, 4])
+@pytest.mark.parametrize("latency", [1, 2, 5])
 def test_dwunit_verilator_random(tmp_path, latency):
     """Random geometries (strides, asymmetric and cropping paddings) through the same build."""
     rng = np.random.default_rng(11)
@@ -295,7 +295,7 @@ def test_dwunit_verilator_random(tmp_path, latency):
         assert cycles <= cycle_budget(fields[name]), (name, cycles)
 
 
-@pytest.mark.parametrize("latency", [1, 2, 4])
+@pytest.mark.parametrize("latency", [1, 2, 5])
 def test_dwunit_real_mobilenet_layer(latency):
     """A depthwise layer of a real plan: the descriptor from layer_io.layer_descriptors and
     the tap bytes / channel records from layer_io.weight_stores (relocated into the bench),

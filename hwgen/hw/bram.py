@@ -86,9 +86,11 @@ class BlockRam(wiring.Component):
         3 (plus a fabric register per block output, before the row multiplexer: a memory
         spread over the chip crosses it in a cycle of its own), 4 (the read address
         registered first, one copy per block; the block with its output register; the row
-        multiplexer into a register), 5 (4 plus a fabric register per block), 6 (5 with the
-        read address registered once more before the per-block copies), 7 (6 with a copy
-        per row of blocks between that root and the per-block copies).
+        multiplexer into a register), 5 (4 with the row multiplexer in two registered
+        levels: groups of four rows, then the groups; up to four rows a register per block
+        before it), 6 (4 with the read address registered
+        once more before the per-block copies and a fabric register per block), 7 (6 with a
+        copy per row of blocks between that root and the per-block copies).
 
     Members
     -------
@@ -186,10 +188,13 @@ class BlockRam(wiring.Component):
         #   4: the read address registered once per block (kept apart by instantiating the
         #      flip-flops: yosys would merge identical copies), block, output register,
         #      multiplexer into a register
-        #   5: per-block address copy, block, output register, per-block register,
-        #      multiplexer into a register
+        #   5: per-block address copy, block, output register, the row multiplexer in two
+        #      registered levels (groups of four rows, then the groups): a memory of many
+        #      rows spread over the die is gathered in two hops (up to four rows: a
+        #      per-block register, then the multiplexer into a register)
         #   6: the read address registered once more first (a root the per-block copies
-        #      fan out from), then as 5
+        #      fan out from), per-block address copy, block, output register, per-block
+        #      register, multiplexer into a register
         #   7: as 6 with a copy per row of blocks between the root and the per-block copies
         root = self.r_addr
         if lat >= 6:
@@ -197,17 +202,19 @@ class BlockRam(wiring.Component):
             with m.If(self.r_en):
                 m.d.sync += root.eq(self.r_addr)
         addr_copy = lat >= 4
-        block_reg = lat in (3, 5, 6, 7)
+        grouped = lat == 5 and rows > 4
+        block_reg = lat in (3, 6, 7) or (lat == 5 and not grouped)
         mux_reg = lat >= 4
-        sel = self.r_addr[wbits:]
+        sels = [self.r_addr[wbits:]]
         if rows > 1:       # the row select travels with the data to the multiplexer
             for k in range(lat - (1 if mux_reg else 0)):
                 nxt = Signal(range(rows), name=f"sel{k + 1}")
                 with m.If(self.r_en):
-                    m.d.sync += nxt.eq(sel)
-                sel = nxt
+                    m.d.sync += nxt.eq(sels[-1])
+                sels.append(nxt)
         else:
-            sel = Const(0, 1)
+            sels = [Const(0, 1)]
+        sel = sels[-1]
         row_out = []
         for r in range(rows):
             row_root = root
@@ -271,6 +278,14 @@ class BlockRam(wiring.Component):
                     m.d.sync += reg.eq(row)
                 row = reg
             row_out.append(row)
+        if grouped:        # first level: four rows per group, into a register per group
+            groups = []
+            for gi in range(0, rows, 4):
+                reg = Signal(self.width, name=f"grp{gi // 4}")
+                with m.If(self.r_en):
+                    m.d.sync += reg.eq(_mux_tree(sels[-2][:2], row_out[gi:gi + 4]))
+                groups.append(reg)
+            row_out, sel = groups, sel[2:]
         out = _mux_tree(sel, row_out)
         if mux_reg:
             reg = Signal(self.width, name="rd_mux")

@@ -115,9 +115,9 @@ class DwUnit(wiring.Component):
     use_primitive : bool or None
         MULT18X18D instances (True), behavioural multipliers (False), or by platform (None).
     mem_latency : int
-        Read latency (1..4) of all three read ports (arena, taps, channel store): the data
+        Read latency (1..5) of all three read ports (arena, taps, channel store): the data
         for an address presented in cycle t is expected in cycle t + mem_latency (memories
-        always enabled, never stalled). 2 suits DP16KD with the output register on, 3 / 4 a
+        always enabled, never stalled). 2 suits DP16KD with the output register on, 3 to 5 a
         memory with fabric registers around its row multiplexer; the unit's stream pipeline
         simply gets mem_latency - 1 more stages and the loader's data stage moves with it
         (same throughput, one cycle more per layer per extra stage).
@@ -142,8 +142,8 @@ class DwUnit(wiring.Component):
             raise ValueError(f"DwUnit max_width must be an int in 2..16384, got {max_width!r}")
         if not isinstance(max_channels, int) or not 1 <= max_channels < 1 << 16:
             raise ValueError(f"DwUnit max_channels must be in 1..65535, got {max_channels!r}")
-        if mem_latency not in (1, 2, 3, 4) or isinstance(mem_latency, bool):
-            raise ValueError(f"DwUnit mem_latency must be 1..4, got {mem_latency!r}")
+        if mem_latency not in (1, 2, 3, 4, 5) or isinstance(mem_latency, bool):
+            raise ValueError(f"DwUnit mem_latency must be 1..5, got {mem_latency!r}")
         if _inject_bug not in _BUGS:
             raise ValueError(f"_inject_bug must be one of {_BUGS}")
         self.max_width, self.max_channels = max_width, max_channels
@@ -167,7 +167,7 @@ class DwUnit(wiring.Component):
         d = self.desc
         xb = max(1, ceil_log2(self.max_width))
         L = self.mem_latency
-        x = L - 1               # extra stages behind every read port (0..3)
+        x = L - 1               # extra stages behind every read port (0..4)
 
         # ---- per-layer constants, computed continuously from desc (valid SETUP cycles
         # after desc settles); no multiplication, every stage registered ----------------------

@@ -106,11 +106,11 @@ __all__ = [
 #: LATCH, START, WAIT1, WAIT2, NEXT, the registered layer-done flag and the placer's drain
 #: (hw/sequencer.py, hw/layer_io.py Placer).
 SEQ_OVERHEAD = 13
-#: Systolic layer fill and drain: patch-address pipeline (16), array (11), requantiser input
+#: Systolic layer fill and drain: patch-address pipeline (17), array (11), requantiser input
 #: register and pipeline (20), output FIFO, writer stages, placer (6) and the credit loops,
 #: less what overlaps; fitted to the measured MobileNet 0.25/96 layers on its 4 x 12 array
-#: (pw8 13,416, pw14 18,252, fc 588, GAP 5,447, conv1 62,346 cycles: all within +-0.1 %).
-SA_PIPE = 59
+#: (pw8 13,418, pw14 18,254, fc 590, GAP 5,449, conv1 62,348 cycles: all within +-0.1 %).
+SA_PIPE = 61
 #: A step's last beat waits until the previous step's shadow bank has drained: the array's
 #: latency from a last beat to the shadow bank (10 cycles) plus one row per cycle
 #: (hw/systolic.py ``pending``).
@@ -130,10 +130,10 @@ DW_CH_OVERHEAD = 0
 DW_LOADER_CYCLES = 18
 #: Depthwise unit: setup, first parameter load, pipeline latency (multipliers, adder tree,
 #: requantiser) per layer.
-DW_LATENCY = 50
+DW_LATENCY = 52
 #: Max-pool unit: cycles per output element beyond its kh*kw taps: the last tap's read and
 #: the rescale-table read (MEM_LATENCY each, hw/layer_io.MaxPoolUnit), WRITE.
-MAXPOOL_EXTRA = 2 * 4 + 1
+MAXPOOL_EXTRA = 2 * 5 + 1
 #: Max-pool unit: start and placer latency.
 MAXPOOL_LATENCY = 5
 #: Add unit: read pipeline, FIFO, hw/add.py Adder.LATENCY (30), placer.
