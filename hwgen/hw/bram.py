@@ -25,7 +25,13 @@ from amaranth.utils import ceil_log2
 
 from .dsp import use_primitive_for
 
-__all__ = ["BlockRam", "dp16kd_geometry", "initvals", "kept_reg"]
+__all__ = ["BlockRam", "LUTRAM_MAX_DEPTH", "dp16kd_geometry", "initvals", "kept_reg",
+           "registered_write"]
+
+#: Inferred memories this shallow go to distributed (LUT) RAM, not a block (yosys'
+#: memory_libmap on ECP5); hardware that chooses between the two uses the same limit as
+#: the mapper's cost model.
+LUTRAM_MAX_DEPTH = 64
 
 #: DP16KD modes used here: data bits per word -> words per block, address LSB on ADx.
 #: 36 bits is the pseudo-dual-port mode (port A writes DIA/DIB, port B reads onto DOA/DOB,
@@ -168,10 +174,7 @@ class BlockRam(wiring.Component):
                 wp = mem.write_port()
                 w_addr, w_data, w_en = self.w_addr, self.w_data, self.w_en
                 if self.write_stages:
-                    w_addr, w_data, w_en = (Signal.like(w_addr, name="wa1"),
-                                            Signal.like(w_data, name="wd1"), Signal(name="we1"))
-                    m.d.sync += [w_addr.eq(self.w_addr), w_data.eq(self.w_data),
-                                 w_en.eq(self.w_en)]
+                    w_addr, w_data, w_en = registered_write(m, w_addr, w_data, w_en)
                 m.d.comb += [wp.addr.eq(w_addr), wp.data.eq(w_data), wp.en.eq(w_en)]
             return m
 
@@ -294,6 +297,14 @@ class BlockRam(wiring.Component):
             out = reg
         m.d.comb += self.r_data.eq(out)
         return m
+
+
+def registered_write(m, addr, data, en):
+    """A write port's ``(addr, data, en)`` through one register stage (behavioural
+    memories whose primitive counterpart registers the write per block)."""
+    q = (Signal.like(addr, name="wa1"), Signal.like(data, name="wd1"), Signal(name="we1"))
+    m.d.sync += [q[0].eq(addr), q[1].eq(data), q[2].eq(en)]
+    return q
 
 
 def kept_reg(m, value, name: str, primitive: bool):

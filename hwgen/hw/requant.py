@@ -43,7 +43,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from hwgen.golden import arith
-from hwgen.hw.bram import BlockRam
+from hwgen.hw.bram import LUTRAM_MAX_DEPTH, BlockRam
 from hwgen.hw.dsp import UMul
 from hwgen.hw.pipe import Pipe
 
@@ -172,7 +172,6 @@ class Requantizer(wiring.Component):
         # happens here) behind the block's clock-to-out.
         # Shallow tables (up to LUTRAM_MAX_DEPTH words) stay inferred: yosys puts them in
         # distributed RAM, not a whole block.
-        from hwgen.mapper.cost import LUTRAM_MAX_DEPTH
         block = p.channels > LUTRAM_MAX_DEPTH
 
         def lane_mem(lane):

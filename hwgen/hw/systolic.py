@@ -74,7 +74,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .credit import CreditFifo
-from .bram import kept_reg
+from .bram import kept_reg, registered_write
 from .dsp import Mult18, use_primitive_for
 
 __all__ = ["SystolicParams", "SystolicLayer", "SystolicArray", "SystolicConv", "ByteRam",
@@ -738,10 +738,7 @@ class ByteRam(wiring.Component):
             wp, rp = mem.write_port(), mem.read_port()
             w_addr, w_data, w_en = self.w_addr, self.w_data, self.w_en
             if self.write_reg:
-                w_addr, w_data, w_en = (Signal.like(w_addr, name="wa1"),
-                                        Signal.like(w_data, name="wd1"), Signal(name="we1"))
-                m.d.sync += [w_addr.eq(self.w_addr), w_data.eq(self.w_data),
-                             w_en.eq(self.w_en)]
+                w_addr, w_data, w_en = registered_write(m, w_addr, w_data, w_en)
             m.d.comb += [wp.addr.eq(w_addr), wp.data.eq(w_data), wp.en.eq(w_en),
                          rp.addr.eq(self.r_addr), rp.en.eq(self.r_en)]
             with m.If(self.r_en):

@@ -87,6 +87,8 @@ from __future__ import annotations
 from functools import lru_cache
 from math import ceil
 
+from ..hw.bram import LUTRAM_MAX_DEPTH, dp16kd_geometry  # LUT RAM up to that depth
+
 __all__ = [
     "dp16kd_for", "bram_blocks", "requant_param_blocks", "lutram_lut4", "seq_cycles",
     "sa_layer_cycles", "sa_store_blocks", "dw_layer_cycles", "maxpool_cycles", "add_cycles", "avgpool_cycles",
@@ -207,8 +209,6 @@ CHANNEL_PARAM_BYTES = 8
 #: ECP5 DP16KD aspect ratios (depth, width in bits) yosys' memory_libmap may choose;
 #: 512 x 36 is the pseudo-dual-port mode.
 DP16KD_CONFIGS = ((16384, 1), (8192, 2), (4096, 4), (2048, 9), (1024, 18), (512, 36))
-#: Inferred memories this shallow go to distributed (LUT) RAM.
-LUTRAM_MAX_DEPTH = 64
 
 
 def dp16kd_for(depth: int, width_bits: int) -> int:
@@ -227,7 +227,6 @@ def bram_blocks(width_bits: int, depth: int, wide: bool = False) -> int:
     """DP16KD blocks of an explicit :class:`hwgen.hw.bram.BlockRam` (at least one: the
     accelerator instantiates every store even when it is empty); ``wide``: latency 1, the
     36-bit mode allowed (the stores have latency 2 and up: 9- or 18-bit mode)."""
-    from ..hw.bram import dp16kd_geometry
     _, cols, rows = dp16kd_geometry(width_bits, max(depth, 2), wide=wide)
     return cols * rows
 
