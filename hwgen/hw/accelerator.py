@@ -39,6 +39,7 @@ from amaranth.utils import ceil_log2
 
 from .bram import BlockRam, kept_reg
 from .credit import StreamSlice
+from .dsp import Mult18
 from .accel_if import OUT_LATENCY, AccelParams, AccelSignature
 from .layer_io import (KIND_ADD, KIND_ARRAY, KIND_AVGPOOL, KIND_DW, KIND_MAXPOOL,
                        MEM_LATENCY, AddUnit,
@@ -318,27 +319,41 @@ class Accelerator(wiring.Component):
     def _image_loader(self, m, hw: int, c_in: int):
         """Image bytes (``img_wr``, CHW raster ``addr = c * hw + p``) to placer requests:
         ``c = addr // hw`` as ``(addr * M) >> shift`` (exact over the image's addresses,
-        checked here), then ``c * hw``, then ``p = addr - c * hw``; five registered stages
-        (each product registered before it is used). Returns the stage valid bits, ``c``,
-        ``p`` and the data of the last stage."""
+        checked here), then ``c * hw``, then ``p = addr - c * hw``, every product registered
+        before it is used. ``addr * M`` is a :class:`~hwgen.hw.dsp.Mult18` (the block's own
+        input and output registers: a multiplier's combinational path alone is most of a
+        cycle) when both fit in 17 bits, else an inferred product into a register. Returns
+        the stage valid bits, ``c``, ``p`` and the data of the last stage."""
         n = max(c_in * hw, 2)
         mul, shift = _divider_constants(hw, n)
-        vs = [Signal(name=f"img_v{k}") for k in range(1, 6)]
-        ds = [Signal(signed(8), name=f"img_d{k}") for k in range(1, 6)]
-        a1, a2, a3, a4 = (Signal(range(n), name=f"img_a{k}") for k in range(1, 5))
-        prod2 = Signal((n * mul).bit_length())
-        c3, c4, c5 = Signal(16), Signal(16), Signal(16)
-        ch4, p5 = Signal(range(n)), Signal(24)
+        a1 = Signal(range(n), name="img_a1")
         fire = self.img_wr.valid & self.img_wr.ready
-        m.d.sync += [vs[0].eq(fire), ds[0].eq(self.img_wr.payload.data),
-                     a1.eq(self.img_wr.payload.addr)]
-        m.d.sync += [vs[k].eq(vs[k - 1]) for k in range(1, 5)]
-        m.d.sync += [ds[k].eq(ds[k - 1]) for k in range(1, 5)]
-        m.d.sync += [prod2.eq(a1 * mul), a2.eq(a1),
-                     c3.eq(prod2 >> shift), a3.eq(a2),
-                     c4.eq(c3), ch4.eq(c3 * hw), a4.eq(a3),
-                     c5.eq(c4), p5.eq(a4 - ch4)]
-        return vs, c5, p5, ds[-1]
+        m.d.sync += a1.eq(self.img_wr.payload.addr)
+        if max(n - 1, mul).bit_length() <= 17:
+            m.submodules.img_mul = mult = Mult18(use_primitive=self.use_primitive)
+            m.d.comb += [mult.a.eq(a1), mult.b.eq(mul)]
+            prod, mul_lat = mult.p, Mult18.LATENCY
+        else:
+            prod = Signal((n * mul).bit_length(), name="img_prod")
+            m.d.sync += prod.eq(a1 * mul)
+            mul_lat = 1
+        # stages: 1 (a1), the product after mul_lat more, then c, then c * hw, then p
+        nst = 1 + mul_lat + 3
+        vs = [Signal(name=f"img_v{k}") for k in range(1, nst + 1)]
+        ds = [Signal(signed(8), name=f"img_d{k}") for k in range(1, nst + 1)]
+        as_ = [a1] + [Signal(range(n), name=f"img_a{k}") for k in range(2, nst)]
+        m.d.sync += [vs[0].eq(fire), ds[0].eq(self.img_wr.payload.data)]
+        m.d.sync += [vs[k].eq(vs[k - 1]) for k in range(1, nst)]
+        m.d.sync += [ds[k].eq(ds[k - 1]) for k in range(1, nst)]
+        m.d.sync += [as_[k].eq(as_[k - 1]) for k in range(1, nst - 1)]
+        # the product belongs to stage 1 + mul_lat (index mul_lat)
+        c_a, c_b, c_out = (Signal(range(max(c_in, 2)), name=f"img_c{k}") for k in range(3))
+        ch = Signal(range(n), name="img_ch")
+        p_out = Signal(24, name="img_p")
+        m.d.sync += [c_a.eq(prod >> shift),                      # stage mul_lat + 2
+                     c_b.eq(c_a), ch.eq(c_a * hw),               # stage mul_lat + 3
+                     c_out.eq(c_b), p_out.eq(as_[-1] - ch)]      # stage mul_lat + 4
+        return vs, c_out, p_out, ds[-1]
 
 
 def _divider_constants(d: int, n: int) -> tuple[int, int]:

@@ -14,7 +14,7 @@ consumer's ``ready`` into the producer.
 """
 from __future__ import annotations
 
-from amaranth import Module, Shape, Signal
+from amaranth import Module, Mux, Shape, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
@@ -107,9 +107,17 @@ class CreditFifo(wiring.Component):
 
 
 class SkidBuffer(wiring.Component):
-    """Two-entry stream register whose ``i_stream.ready`` is a flip-flop: the consumer's
-    ``ready`` reaches only this buffer's own registers, never the producer. One beat per
-    cycle, a beat takes a cycle more. ``busy``: a beat is held."""
+    """Two-entry stream buffer whose ``i_stream.ready`` is a flip-flop: the consumer's
+    ``ready`` reaches only this buffer's pointer and flag registers, never the producer and
+    never the beats' data registers. One beat per cycle, a beat takes a cycle more.
+    ``busy``: a beat is held.
+
+    The two entries are written from the producer side only (their enables are the write
+    pointer and the producer's ``valid``); the output is the entry under the read pointer
+    (one 2:1 multiplexer on the data). A pop moves the read pointer and the count: a handful
+    of flip-flops, where a shifting skid register would put the consumer's ``ready`` on the
+    enable of every data bit.
+    """
 
     def __init__(self, shape):
         self.shape = shape
@@ -119,18 +127,25 @@ class SkidBuffer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         i, o = self.i_stream, self.o_stream
-        main, skid = Signal(self.shape), Signal(self.shape)
-        main_v, skid_v = Signal(), Signal()
-        m.d.comb += [i.ready.eq(~skid_v), o.valid.eq(main_v), o.payload.eq(main),
-                     self.busy.eq(main_v | skid_v)]
-        take = i.valid & ~skid_v
-        with m.If(~main_v | o.ready):          # the output register is free next cycle
-            with m.If(skid_v):
-                m.d.sync += [main.eq(skid), main_v.eq(1), skid_v.eq(0)]
-            with m.Else():
-                m.d.sync += [main.eq(i.payload), main_v.eq(take)]
-        with m.Elif(take):                      # held: the arriving beat waits in the skid
-            m.d.sync += [skid.eq(i.payload), skid_v.eq(1)]
+        ent = [Signal(self.shape, name=f"ent{k}") for k in (0, 1)]
+        wp, rp = Signal(), Signal()
+        count = Signal(range(3))
+        not_full, nonempty = Signal(init=1), Signal()     # count < 2, count != 0
+        m.d.comb += [i.ready.eq(not_full), o.valid.eq(nonempty),
+                     o.payload.eq(Mux(rp, ent[1], ent[0])), self.busy.eq(nonempty)]
+        take = Signal()
+        pop = Signal()
+        m.d.comb += [take.eq(i.valid & not_full), pop.eq(nonempty & o.ready)]
+        for k in (0, 1):
+            with m.If(take & (wp == k)):
+                m.d.sync += ent[k].eq(i.payload)
+        nxt = Signal(range(4))
+        m.d.comb += nxt.eq(count + take - pop)
+        m.d.sync += [count.eq(nxt), not_full.eq(nxt < 2), nonempty.eq(nxt != 0)]
+        with m.If(take):
+            m.d.sync += wp.eq(~wp)
+        with m.If(pop):
+            m.d.sync += rp.eq(~rp)
         return m
 
 
@@ -156,8 +171,10 @@ class StreamSlice(wiring.Component):
         full = Signal()
         m.d.comb += [o.valid.eq(full), o.payload.eq(data),
                      i.ready.eq(~full | o.ready if self.full_rate else ~full)]
-        with m.If(i.valid & i.ready):
-            m.d.sync += [data.eq(i.payload), full.eq(1)]
-        with m.Elif(o.ready):
+        # the data register loads whenever it may (its enable never waits for the
+        # producer's valid: a beat that is not there loads as junk behind full = 0)
+        with m.If(i.ready):
+            m.d.sync += [data.eq(i.payload), full.eq(i.valid)]
+        with m.Elif(o.ready):       # full_rate=False: the beat leaves, the next one loads later
             m.d.sync += full.eq(0)
         return m

@@ -576,6 +576,7 @@ class BiasFeeder(wiring.Component):
         # MEM_LATENCY cycles later
         clr = Signal()
         m.d.sync += clr.eq(0)
+        out_v, take = Signal(), Signal()      # a beat is offered (state OUT), it leaves
         with m.If(clr):
             m.d.sync += vec.eq(0)
         with m.If(cap_v):
@@ -596,25 +597,32 @@ class BiasFeeder(wiring.Component):
                     m.next = "SETTLE"
             for k in range(lat):                # the last record's read lands
                 with m.State("SETTLE" if k == 0 else f"SETTLE{k}"):
-                    m.next = f"SETTLE{k + 1}" if k + 1 < lat else "OUT"
+                    if k + 1 < lat:
+                        m.next = f"SETTLE{k + 1}"
+                    else:
+                        m.d.sync += out_v.eq(1)
+                        m.next = "OUT"
             with m.State("OUT"):
-                m.d.comb += self.o_stream.valid.eq(1)
-                with m.If(self.o_stream.ready):
-                    ot_c.step()
-                    m.d.sync += [clr.eq(1), c.eq(0), obase.eq(obase + C),
-                                 rem.eq(rem - C), left.eq(Mux(d.bias_zero, 0, nv_next))]
+                with m.If(take):
                     m.next = "FILL"
-                    with m.If(ot_c.last):
-                        ot_c.wrap()
-                        g_c.step()
-                        m.d.sync += [rem.eq(d.cout_g), obase.eq(obase + rem),
-                                     left.eq(Mux(d.bias_zero, 0, nv_first))]
-                        with m.If(g_c.last):
-                            g_c.wrap()
-                            pt_c.step()
-                            m.d.sync += obase.eq(0)
-                            with m.If(pt_c.last):
-                                m.next = "IDLE"
+                    with m.If(ot_c.last & g_c.last & pt_c.last):
+                        m.next = "IDLE"
+        # OUT's work hangs on the registered out_v (high exactly in OUT), not on a decode of
+        # the state register: the beat leaving reaches the counters through one gate
+        m.d.comb += [self.o_stream.valid.eq(out_v), take.eq(out_v & self.o_stream.ready)]
+        with m.If(take):
+            ot_c.step()
+            m.d.sync += [out_v.eq(0), clr.eq(1), c.eq(0), obase.eq(obase + C),
+                         rem.eq(rem - C), left.eq(Mux(d.bias_zero, 0, nv_next))]
+            with m.If(ot_c.last):
+                ot_c.wrap()
+                g_c.step()
+                m.d.sync += [rem.eq(d.cout_g), obase.eq(obase + rem),
+                             left.eq(Mux(d.bias_zero, 0, nv_first))]
+                with m.If(g_c.last):
+                    g_c.wrap()
+                    pt_c.step()
+                    m.d.sync += obase.eq(0)
         return m
 
 

@@ -667,7 +667,6 @@ class SystolicArray(wiring.Component):
                     m.d.sync += shadow[r][c].eq(shadow[r + 1][c] if r + 1 < R else 0)
 
         # ---- drain: shadow row 0 -> o_stream ----------------------------------------------
-        sh_rows = Signal(range(R + 1))    # rows left to drain
         sh_ch = Signal(p.ch_bits)
         sh_pix = Signal(ceil_log2(p.max_pixels + 1))
         # no backpressure: a row leaves in a cycle when the consumer allowed it the cycle
@@ -678,10 +677,16 @@ class SystolicArray(wiring.Component):
         m.d.sync += allow_r.eq(self.o_allow)
         o_valid, o_data, in_data = Signal(), Signal(p.out_layout), Signal(p.out_layout)
         m.d.comb += [o.valid.eq(o_valid), o.payload.eq(o_data)]
-        move = (sh_rows != 0) & allow_r
         dly_l = Signal(flag_layout)      # the flags of the stage the shadow loads in
         m.d.sync += dly_l.eq(dly)
-        load = dly_l.valid & dly_l.last
+        load = Signal()                  # dly_l.valid & dly_l.last, registered
+        m.d.sync += load.eq(dly.valid & dly.last)
+        # the rows left to drain (sh_rows) as a thermometer code, therm[r] = sh_rows > r, and
+        # dly_l.nrows as one (tl): the per-row shift enables below are then a gate or two
+        # from registers
+        therm, tl = Signal(R + 1), Signal(R + 1)     # bit R stays 0
+        m.d.sync += [tl[r].eq(dly.nrows > r) for r in range(R)]
+        move = therm[0] & allow_r        # sh_rows != 0
         # the tile's first beat took bias_r: the bias leaves the stream a cycle later (a
         # registered ready), and only then may the next tile's first beat issue
         consumed = Signal()
@@ -690,21 +695,21 @@ class SystolicArray(wiring.Component):
             m.d.sync += bias_used.eq(0)
         m.d.comb += bs.ready.eq(consumed)
         with m.If(load):
-            m.d.sync += [sh_rows.eq(dly_l.nrows), sh_ch.eq(dly_l.ch),
-                         sh_pix.eq(dly_l.pix)]
+            m.d.sync += [sh_ch.eq(dly_l.ch), sh_pix.eq(dly_l.pix), therm.eq(tl)]
         with m.Elif(move):
-            m.d.sync += [sh_rows.eq(sh_rows - 1), sh_pix.eq(sh_pix + 1)]
+            m.d.sync += [sh_pix.eq(sh_pix + 1), therm.eq(therm[1:])]
         # the shadow shifts up one row per drained row: row 0 is always the next one (no
         # wide row multiplexer); row r shifts when `move & (sh_rows > r)`, computed one
         # cycle ahead (from o_allow and the next sh_rows) into a register per row: short,
         # local enable nets instead of one wide one
-        sh_rows_n = Signal.like(sh_rows)
-        m.d.comb += sh_rows_n.eq(Mux(load, dly_l.nrows, Mux(move, sh_rows - 1, sh_rows)))
-        m.d.comb += [row_shift_d[r].eq(self.o_allow & (sh_rows_n > r)) for r in range(R)]
+        # (sh_rows_n > r for the next sh_rows_n, from the thermometer codes)
+        m.d.comb += [row_shift_d[r].eq(self.o_allow & Mux(load, tl[r], Mux(move, therm[r + 1],
+                                                                         therm[r])))
+                     for r in range(R)]
         m.d.comb += [in_data.acc[c].eq(shadow[0][c]) for c in range(C)]
         m.d.comb += [in_data.ch.eq(sh_ch), in_data.pix.eq(sh_pix)]
         m.d.sync += [o_valid.eq(move), o_data.eq(in_data)]
-        with m.If(move & (sh_rows == 1)):
+        with m.If(move & ~therm[1]):     # the last row leaves
             m.d.sync += pending.eq(0)
 
         m.d.comb += self.busy.eq(full[0] | full[1] | tl_r | pending | o_valid | (wr_row != 0)
