@@ -53,6 +53,7 @@ class BuildResult:
     stage_seconds: dict = field(default_factory=dict)
     logs: dict = field(default_factory=dict)
     attempts: list = field(default_factory=list)   # earlier attempts: clock, fmax, timing_met
+    pnr_seed: int | None = None      # nextpnr's placement seed (None: synthesis only)
 
     @property
     def build_seconds(self) -> float:
@@ -242,7 +243,7 @@ def _build_once(design, b: Board, clock: float, outdir: Path, say, synth_only: b
                 env: dict, timeout: float) -> BuildResult:
     pll = getattr(getattr(design, "pll", None), "fout_mhz", None)
     res = BuildResult(outdir=outdir, board=b.name, clock_mhz=clock, pll_mhz=pll,
-                      synth_only=synth_only)
+                      synth_only=synth_only, pnr_seed=None if synth_only else seed)
     t0 = time.monotonic()
     say("prepare", f"elaborating for {b.name} at {clock:g} MHz")
 

@@ -126,7 +126,8 @@ def cmd_build(args):
     from . import flow
     r = flow.build(args.model, board=args.board, device=args.device, clock_mhz=args.clock,
                    out=args.out, allow_timing_fail=args.allow_timing_fail,
-                   synth_only=args.synth_only, progress=_progress, **_model_opts(args))
+                   synth_only=args.synth_only, pnr_seed=args.pnr_seed, progress=_progress,
+                   **_model_opts(args))
     if args.json:
         return _print_json(r)
     res = r["resources"]
@@ -246,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="build", help="build folder (default ./build)")
     s.add_argument("--allow-timing-fail", action="store_true", help="keep a bitstream that misses timing (exit 0)")
     s.add_argument("--synth-only", action="store_true", help="stop after synthesis (resource check; no bitstream)")
+    s.add_argument("--pnr-seed", type=int, default=1, metavar="N",
+                   help="nextpnr's placement seed (default 1); placements differ by several MHz")
     _model_options(s)
     s.add_argument("--json", action="store_true", help="print the report as JSON")
     s.set_defaults(func=cmd_build)

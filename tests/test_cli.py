@@ -89,3 +89,27 @@ def test_prog_without_bitstream_or_board(tmp_path):
     r = run("prog", "--dir", str(tmp_path))
     assert r.returncode == 1
     assert "no ULX3S found" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_build_passes_the_placement_seed_to_nextpnr(tmp_path, monkeypatch):
+    """`hwgen build --pnr-seed N` puts --seed N on nextpnr's command line (the build
+    script is written before the first tool runs; the tools themselves are not run)."""
+    import boards.build as bb
+
+    class Stop(Exception):
+        pass
+
+    def no_tools(tool, *a, **k):
+        raise Stop(tool)
+
+    monkeypatch.setattr(bb, "_run_tool", no_tools)
+    out = tmp_path / "b"
+    try:
+        cli.main(["build", "mobilenet", "--alpha", "0.25", "--resolution", "32", "--classes", "2",
+                  "--board", "ulx3s-85f", "--out", str(out), "--pnr-seed", "7"])
+    except Stop as e:
+        assert str(e) == "yosys"
+    else:
+        raise AssertionError("the build finished without running a tool")
+    script = (out / "build_top.sh").read_text()
+    assert "--seed 7" in script and "--seed 1 " not in script
