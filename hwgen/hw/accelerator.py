@@ -38,7 +38,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .bram import BlockRam, kept_reg
-from .credit import StreamSlice
+from .credit import SkidBuffer, StreamSlice
 from .dsp import Mult18
 from .accel_if import OUT_LATENCY, AccelParams, AccelSignature
 from .layer_io import (KIND_ADD, KIND_ARRAY, KIND_AVGPOOL, KIND_DW, KIND_MAXPOOL,
@@ -203,7 +203,9 @@ class Accelerator(wiring.Component):
         nv_depth = max(f["out_c"] for f in descs if not f["skip"])
         m.submodules.nvtab = nvtab = BlockRam(8, nv_depth, use_primitive=False, name="nvtab")
         wlay = data.StructLayout({"beat": olay, "nv_m1": unsigned(8)})
-        m.submodules.oslice = oslice = StreamSlice(wlay)
+        # (a skid buffer: its ready is a register, so the writer's ready stops there and
+        # never reaches the FIFO's read enable and output register)
+        m.submodules.oslice = oslice = SkidBuffer(wlay)
         so = sconv.o_stream
         s_v = Signal()
         s_beat = Signal(olay.size)
@@ -307,7 +309,13 @@ class Accelerator(wiring.Component):
         pending = Signal()
         with m.If(~busy & self.start):
             m.d.sync += pending.eq(1)
-        with m.If(~busy & (self.start | pending) & ~writing & ~Cat(*img_busy).any()):
+        # quiet: in the cycle before, no image byte was on its way (loader, placer, arena
+        # write stages) and none arrived, so none is now; a register, so the start decision
+        # is one gate from flip-flops (a start waits at most a cycle more)
+        quiet = Signal()
+        m.d.sync += quiet.eq(~writing & ~Cat(*img_busy).any()
+                             & ~(self.img_wr.valid & self.img_wr.ready))
+        with m.If(~busy & (self.start | pending) & quiet):
             m.d.sync += [busy.eq(1), count.eq(1), self.error.eq(0), pending.eq(0)]
             m.d.comb += seq.go.eq(1)
         with m.Elif(busy):

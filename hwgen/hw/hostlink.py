@@ -311,11 +311,16 @@ class HostLink(wiring.Component):
                             m.d.sync += rx_crc[8:].eq(byte)
                             m.next = "CHECKA"
                     with m.Elif(timer_hit):
-                        nak(Err.TIMEOUT)
+                        # the NAK is built in a state of its own: the reply registers'
+                        # enables then decode the state only, not the receiver's valid
+                        m.next = "TIMEOUT"
                     with m.Else():
                         # the compare feeds one flip-flop, not the reply registers' enables
                         m.d.sync += [timer.eq(timer + 1),
                                      timer_hit.eq(timer == p.timeout_cycles - 2)]
+
+            with m.State("TIMEOUT"):
+                nak(Err.TIMEOUT)
 
             with m.State("CHECKA"):
                 m.d.sync += stage_a

@@ -610,14 +610,18 @@ class BiasFeeder(wiring.Component):
         # OUT's work hangs on the registered out_v (high exactly in OUT), not on a decode of
         # the state register: the beat leaving reaches the counters through one gate
         m.d.comb += [self.o_stream.valid.eq(out_v), take.eq(out_v & self.o_stream.ready)]
+        # the sums the next beat needs, registered (obase and rem change only when a beat
+        # leaves, and beats leave at least MEM_LATENCY + 2 cycles apart): no adder behind take
+        obase_c, obase_r, rem_m = Signal(24), Signal(24), Signal(signed(18))
+        m.d.sync += [obase_c.eq(obase + C), obase_r.eq(obase + rem), rem_m.eq(rem - C)]
         with m.If(take):
             ot_c.step()
-            m.d.sync += [out_v.eq(0), clr.eq(1), c.eq(0), obase.eq(obase + C),
-                         rem.eq(rem - C), left.eq(Mux(d.bias_zero, 0, nv_next))]
+            m.d.sync += [out_v.eq(0), clr.eq(1), c.eq(0), obase.eq(obase_c),
+                         rem.eq(rem_m), left.eq(Mux(d.bias_zero, 0, nv_next))]
             with m.If(ot_c.last):
                 ot_c.wrap()
                 g_c.step()
-                m.d.sync += [rem.eq(d.cout_g), obase.eq(obase + rem),
+                m.d.sync += [rem.eq(d.cout_g), obase.eq(obase_r),
                              left.eq(Mux(d.bias_zero, 0, nv_first))]
                 with m.If(g_c.last):
                     g_c.wrap()
