@@ -613,7 +613,7 @@ class BiasFeeder(wiring.Component):
         # the sums the next beat needs, registered (obase and rem change only when a beat
         # leaves, and beats leave at least MEM_LATENCY + 2 cycles apart): no adder behind take
         obase_c, obase_r, rem_m = Signal(24), Signal(24), Signal(signed(18))
-        m.d.sync += [obase_c.eq(obase + C), obase_r.eq(obase + rem), rem_m.eq(rem - C)]
+        m.d.sync += [obase_c.eq(obase + C), obase_r.eq(obase + rem), rem_m.eq(rem_c)]
         with m.If(take):
             ot_c.step()
             m.d.sync += [out_v.eq(0), clr.eq(1), c.eq(0), obase.eq(obase_c),
