@@ -126,7 +126,8 @@ def cmd_build(args):
     from . import flow
     r = flow.build(args.model, board=args.board, device=args.device, clock_mhz=args.clock,
                    out=args.out, allow_timing_fail=args.allow_timing_fail,
-                   synth_only=args.synth_only, pnr_seed=args.pnr_seed, progress=_progress,
+                   synth_only=args.synth_only, pnr_seed=args.pnr_seed, placer=args.placer,
+                   progress=_progress,
                    **_model_opts(args))
     if args.json:
         return _print_json(r)
@@ -193,6 +194,7 @@ def cmd_doctor(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from boards.build import DEFAULT_PLACER, PLACERS
     p = argparse.ArgumentParser(prog="hwgen", description="Compile lightweight CNNs into int8 "
                                 "accelerators for ECP5 FPGA boards (ULX3S).")
     p.add_argument("-V", "--hwgen-version", action="version", version=f"hwgen {__version__}")
@@ -249,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--synth-only", action="store_true", help="stop after synthesis (resource check; no bitstream)")
     s.add_argument("--pnr-seed", type=int, default=1, metavar="N",
                    help="nextpnr's placement seed (default 1); placements differ by several MHz")
+    s.add_argument("--placer", choices=PLACERS, default=DEFAULT_PLACER,
+                   help=f"nextpnr's placer (default {DEFAULT_PLACER}: less routing congestion, "
+                        "faster routing than heap on large designs)")
     _model_options(s)
     s.add_argument("--json", action="store_true", help="print the report as JSON")
     s.set_defaults(func=cmd_build)

@@ -42,6 +42,7 @@ def make_report(plan, build: dict | None, sim: dict | None, model: dict) -> dict
         "clock_mhz": clock, "pll_mhz": (build or {}).get("pll_mhz"), "fmax_mhz": fmax,
         "timing_met": (build or {}).get("timing_met"),
         "pnr_seed": (build or {}).get("pnr_seed"),
+        "pnr_placer": (build or {}).get("pnr_placer"),
         "resources": res,
         "cells": cells,
         "engines": s["engines"],
@@ -64,7 +65,8 @@ def _md(r: dict) -> str:
     out += [f"- bitstream: `{r['bitstream']}`",
             f"- clock asked {f(r['clock_mhz'])} MHz, Fmax achieved {f(r['fmax_mhz'])} MHz, "
             f"timing {'met' if r['timing_met'] else 'NOT met' if r['timing_met'] is False else 'n/a'}"
-            + (f" (placement seed {r['pnr_seed']})" if r.get("pnr_seed") is not None else ""),
+            + (f" (placer {r.get('pnr_placer') or 'heap'}, seed {r['pnr_seed']})"
+               if r.get("pnr_seed") is not None else ""),
             f"- cycles per inference {r['cycles_per_inference']:,} ({r['cycles_source']}), "
             f"MAC utilisation {f(r['utilization'], '{:.1%}')}, "
             f"inferences per second {f(r['inferences_per_second'])}",

@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from hwgen import cli
 
 
@@ -91,9 +93,11 @@ def test_prog_without_bitstream_or_board(tmp_path):
     assert "no ULX3S found" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_build_passes_the_placement_seed_to_nextpnr(tmp_path, monkeypatch):
-    """`hwgen build --pnr-seed N` puts --seed N on nextpnr's command line (the build
-    script is written before the first tool runs; the tools themselves are not run)."""
+@pytest.mark.parametrize("placer", [None, "heap"])
+def test_build_passes_the_placement_seed_to_nextpnr(tmp_path, monkeypatch, placer):
+    """`hwgen build --pnr-seed N [--placer P]` puts --seed N and the placer (default
+    static) on nextpnr's command line (the build script is written before the first tool
+    runs; the tools themselves are not run)."""
     import boards.build as bb
 
     class Stop(Exception):
@@ -106,10 +110,12 @@ def test_build_passes_the_placement_seed_to_nextpnr(tmp_path, monkeypatch):
     out = tmp_path / "b"
     try:
         cli.main(["build", "mobilenet", "--alpha", "0.25", "--resolution", "32", "--classes", "2",
-                  "--board", "ulx3s-85f", "--out", str(out), "--pnr-seed", "7"])
+                  "--board", "ulx3s-85f", "--out", str(out), "--pnr-seed", "7"]
+                 + (["--placer", placer] if placer else []))
     except Stop as e:
         assert str(e) == "yosys"
     else:
         raise AssertionError("the build finished without running a tool")
     script = (out / "build_top.sh").read_text()
     assert "--seed 7" in script and "--seed 1 " not in script
+    assert f"--placer {placer or 'static'} " in script
