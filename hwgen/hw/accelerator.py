@@ -153,8 +153,12 @@ class Accelerator(wiring.Component):
         # the units that write the arena: (runs this layer, write requester, arena reader);
         # pooling and add units exist only when the network has such layers
         units = [(on_array, writer, patch)]
-        done = {KIND_ARRAY: (writer.count == d.beats) & patch.done & wfeed.done & bfeed.done
-                & ~sconv.busy}
+        # the writer's count compare is registered on its own (a layer's units are busy from
+        # the second cycle after its start on, so the compare's one-cycle-old value is never
+        # seen alone)
+        wr_all = Signal()
+        m.d.sync += wr_all.eq(writer.count == d.beats)
+        done = {KIND_ARRAY: wr_all & patch.done & wfeed.done & bfeed.done & ~sconv.busy}
         kinds = {f["kind"] for f in descs if not f["skip"]}
         if KIND_MAXPOOL in kinds:
             m.submodules.maxpool = mpool = MaxPoolUnit()

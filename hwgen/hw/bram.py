@@ -218,6 +218,8 @@ class BlockRam(wiring.Component):
         else:
             sels = [Const(0, 1)]
         sel = sels[-1]
+        # a memory of several rows with a register per block: rows not read are zero there
+        gate_rows = block_reg and rows > 1
         row_out = []
         for r in range(rows):
             row_root = root
@@ -274,6 +276,18 @@ class BlockRam(wiring.Component):
                 m.submodules[f"bram_{r}_{c}"] = _instance(
                     bits, wen, self.r_en, ports, params, self.latency)
                 dout.append(do[:n])
+            if gate_rows:
+                # each block's register holds its word only when the read is for this row
+                # (else 0), from a "row hit" flag of its own registered a stage earlier:
+                # the multiplexer after it is an OR with no select
+                for c, d in enumerate(dout):
+                    hit = _kept_reg(m, sels[-3] == r, self.r_en, f"hit_{r}_{c}")
+                    q = Signal(len(d), name=f"row{r}_{c}")
+                    with m.If(self.r_en):
+                        m.d.sync += q.eq(Mux(hit, d, 0))
+                    dout[c] = q
+                row_out.append(Cat(*dout))
+                continue
             row = Cat(*dout)
             if block_reg:
                 reg = Signal(len(row), name=f"row{r}")
@@ -289,7 +303,7 @@ class BlockRam(wiring.Component):
                     m.d.sync += reg.eq(_mux_tree(sels[-2][:2], row_out[gi:gi + 4]))
                 groups.append(reg)
             row_out, sel = groups, sel[2:]
-        out = _mux_tree(sel, row_out)
+        out = _or_tree(row_out) if gate_rows else _mux_tree(sel, row_out)
         if mux_reg:
             reg = Signal(self.width, name="rd_mux")
             with m.If(self.r_en):
@@ -348,6 +362,15 @@ def _instance(bits, wen, ren, ports, params, latency=1):
         i_WEA=wen, i_CEA=Const(1, 1), i_OCEA=Const(1, 1), i_RSTA=Const(0, 1),
         i_WEB=Const(0, 1), i_CEB=ren, i_OCEB=ren, i_RSTB=Const(0, 1),
         **ports, **params)
+
+
+def _or_tree(items):
+    """The OR of ``items`` as a balanced tree."""
+    level = list(items)
+    while len(level) > 1:
+        level = [level[i] | level[i + 1] if i + 1 < len(level) else level[i]
+                 for i in range(0, len(level), 2)]
+    return level[0]
 
 
 def _mux_tree(sel, items):

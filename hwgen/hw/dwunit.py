@@ -212,6 +212,9 @@ class DwUnit(wiring.Component):
         run = Signal()          # setup done: stream active
         lrun = Signal()         # loader active (from start to the last write request)
         setup = Signal(range(self.SETUP + 1))
+        # setup != 0 and setup == 1 as registers of their own (no compare of the counter in
+        # front of the stream's enables)
+        in_setup, setup_end = Signal(), Signal()
         m.d.comb += self.done.eq(~busy)
 
         # ---- parameter loader: channel li's 9 taps on t_addr (one per cycle, lk = 0..8),
@@ -313,10 +316,10 @@ class DwUnit(wiring.Component):
         with m.If(self.start):     # the loader starts at once, the stream after the setup
             m.d.sync += [busy.eq(1), run.eq(0), setup.eq(self.SETUP), lrun.eq(1), ld_ch.eq(0),
                          li.eq(0), lact.eq(0), tptr.eq(d.w_base), cptr.eq(d.ch_base), freed.eq(0),
-                         freed_p1.eq(1)]
-        with m.Elif(setup != 0):
-            m.d.sync += setup.eq(setup - 1)
-            with m.If(setup == 1):
+                         freed_p1.eq(1), in_setup.eq(1), setup_end.eq(self.SETUP == 1)]
+        with m.Elif(in_setup):
+            m.d.sync += [setup.eq(setup - 1), in_setup.eq(~setup_end), setup_end.eq(setup == 2)]
+            with m.If(setup_end):
                 m.d.sync += [run.eq(1), ix.eq(0), iy.eq(0), addr.eq(d.in_addr), cbase.eq(d.in_addr),
                              emit.eq(first == 0), dist.eq(first), ox.eq(0), oy.eq(0), og.eq(0),
                              og_p1.eq(1),
@@ -474,7 +477,7 @@ class DwUnit(wiring.Component):
                      self.wr_data.eq(o.payload[0])]
         with m.If(self.start):
             m.d.sync += [wx.eq(0), wy.eq(0), wc.eq(0), wp_.eq(0)]
-        with m.Elif(setup == 1):
+        with m.Elif(setup_end):
             m.d.sync += [wx_last.eq(owm1 == 0), wy_last.eq(ohm1 == 0), wc_last.eq(cm1 == 0)]
         with m.Elif(o.valid & busy):
             m.d.sync += [wx.eq(wx + 1), wp_.eq(wp_ + 1), wx_last.eq(wx == owm2)]

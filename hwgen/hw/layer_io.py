@@ -327,7 +327,8 @@ class Placer(wiring.Component):
 
 class _Count:
     """A counter from 0 to ``limit`` (a descriptor field, static while the unit runs) with a
-    registered "at ``limit``" flag, set from a compare with ``limit - 1`` (registered here):
+    registered "at ``limit``" flag, and a registered "at ``limit - 1``" flag it takes its
+    next value from when stepping (set from a compare with ``limit - 2``, registered here):
     enables built from these flags have no comparison behind them. ``wrap()`` restarts at
     0, ``step()`` counts up (only while not at the limit)."""
 
@@ -335,15 +336,38 @@ class _Count:
         self.m = m
         self.value = Signal(width, name=name)
         self.last = Signal(name=f"{name}_last")
+        self._pen = Signal(name=f"{name}_pen")          # value == limit - 1
         self._lim_z = Signal(name=f"{name}_lim_z")
-        self._lim_m2 = Signal(width + 1, name=f"{name}_lim_m2")
-        m.d.sync += [self._lim_z.eq(limit == 0), self._lim_m2.eq(limit - 1)]
+        self._lim_1 = Signal(name=f"{name}_lim_1")
+        self._lim_m2 = Signal(signed(width + 2), name=f"{name}_lim_m2")   # limit - 2
+        m.d.sync += [self._lim_z.eq(limit == 0), self._lim_1.eq(limit == 1),
+                     self._lim_m2.eq(limit - 2)]
 
     def wrap(self):
-        self.m.d.sync += [self.value.eq(0), self.last.eq(self._lim_z)]
+        self.m.d.sync += [self.value.eq(0), self.last.eq(self._lim_z), self._pen.eq(self._lim_1)]
 
     def step(self):
-        self.m.d.sync += [self.value.eq(self.value + 1), self.last.eq(self.value == self._lim_m2)]
+        self.m.d.sync += [self.value.eq(self.value + 1), self.last.eq(self._pen),
+                          self._pen.eq(self.value == self._lim_m2)]
+
+    def next_last(self, wrap, step):
+        """The value ``last`` takes in the next cycle when this cycle ``wrap()`` runs if
+        ``wrap``, else ``step()`` or ``wrap()`` (by ``last``) if ``step``, else nothing."""
+        return Mux(wrap, self._lim_z, Mux(step, Mux(self.last, self._lim_z, self._pen), self.last))
+
+
+def nest_carries(m, counters, start, step, name: str):
+    """Registered carries of nested counters (innermost first) that all wrap on ``start``
+    and advance on ``step``, counter ``k`` only when every inner one is at its last value
+    (then it wraps if at its own last value, else steps): ``carry[k]`` = counters ``0..k``
+    all at their last values, a register (the enables of the outer counters are one gate
+    from it, not a chain of ANDs)."""
+    carry = [Signal(name=f"{name}_carry{k}") for k in range(len(counters))]
+    nxt = []
+    for k, c in enumerate(counters):
+        nxt.append(c.next_last(start, step & (carry[k - 1] if k else 1)))
+        m.d.sync += carry[k].eq(Cat(*nxt).all())
+    return carry
 
 
 class PatchFeeder(wiring.Component):
@@ -420,32 +444,34 @@ class PatchFeeder(wiring.Component):
                      self.o_stream.payload.eq(fifo.o_stream.payload),
                      fifo.o_stream.ready.eq(self.o_stream.ready)]
 
+        # counter k advances when counters 0..k-1 are all at their last values: that
+        # condition is a register (carry[k - 1]), so every enable is issue & one flag
+        order = [cnt[n] for n in ("ci", "kx", "ky", "g", "ox", "oy")]
+        carry = nest_carries(m, order, self.start, issue, "pf")
+
+        def advance(k):         # counter k steps, or wraps at its last value
+            with m.If(order[k].last):
+                order[k].wrap()
+            with m.Else():
+                order[k].step()
+
         with m.If(self.start):
             m.d.sync += [run.eq(1), iy0.eq(-d.pad_t), ix0.eq(-d.pad_l), cbase.eq(0)]
             for c in cnt.values():
                 c.wrap()
         with m.Elif(issue):
-            cnt["ci"].step()
-            with m.If(cnt["ci"].last):
-                cnt["ci"].wrap()
-                cnt["kx"].step()
-                with m.If(cnt["kx"].last):
-                    cnt["kx"].wrap()
-                    cnt["ky"].step()
-                    with m.If(cnt["ky"].last):
-                        cnt["ky"].wrap()
-                        cnt["g"].step()
-                        m.d.sync += cbase.eq(cbase + d.cin_g)
-                        with m.If(cnt["g"].last):
-                            cnt["g"].wrap()
-                            cnt["ox"].step()
-                            m.d.sync += [cbase.eq(0), ix0.eq(ix0 + d.sw)]
-                            with m.If(cnt["ox"].last):
-                                cnt["ox"].wrap()
-                                cnt["oy"].step()
-                                m.d.sync += [ix0.eq(-d.pad_l), iy0.eq(iy0 + d.sh)]
-                                with m.If(cnt["oy"].last):
-                                    m.d.sync += run.eq(0)
+            advance(0)
+            for k in range(1, 6):
+                with m.If(carry[k - 1]):
+                    advance(k)
+            with m.If(carry[2]):
+                m.d.sync += cbase.eq(cbase + d.cin_g)
+            with m.If(carry[3]):
+                m.d.sync += [cbase.eq(0), ix0.eq(ix0 + d.sw)]
+            with m.If(carry[4]):
+                m.d.sync += [ix0.eq(-d.pad_l), iy0.eq(iy0 + d.sh)]
+            with m.If(carry[5]):
+                m.d.sync += run.eq(0)
         return m
 
 
@@ -556,7 +582,7 @@ class BiasFeeder(wiring.Component):
         m.d.sync += rd.eq(self.rd_data[:32])
         cap_vs = [Signal(name=f"cap_v{k}") for k in range(lat)]
         cap_ls = [Signal(range(C), name=f"cap_lane{k}") for k in range(lat)]
-        cap_v0, cap_v, cap_lane0, cap_lane = cap_vs[0], cap_vs[-1], cap_ls[0], cap_ls[-1]
+        cap_v0, cap_v, cap_lane0 = cap_vs[0], cap_vs[-1], cap_ls[0]
         # records still to read for this beat (a down-counter: no comparison in FILL), and
         # the count of the next beat, min(rem - C, C) and min(cout_g, C), kept in registers
         # (rem is stable from OUT to the next OUT, at least MEM_LATENCY + 2 cycles)
@@ -579,8 +605,13 @@ class BiasFeeder(wiring.Component):
         out_v, take = Signal(), Signal()      # a beat is offered (state OUT), it leaves
         with m.If(clr):
             m.d.sync += vec.eq(0)
-        with m.If(cap_v):
-            m.d.sync += vec[cap_lane].eq(rd)
+        # the lane a capture lands in as a one-hot register (decoded a stage early): each
+        # lane's 32 enables are a gate from two flip-flops
+        cap_oh = Signal(C)
+        m.d.sync += [cap_oh[k].eq(cap_ls[-2] == k) for k in range(C)]
+        for k in range(C):
+            with m.If(cap_v & cap_oh[k]):
+                m.d.sync += vec[k].eq(rd)
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.done.eq(1)

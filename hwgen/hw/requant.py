@@ -12,8 +12,9 @@ one lane, one register stage per line (all stages advance together on a global e
     S1   acc and the channel's (m, e) (parameter memory read, registered)
     S2   sign, |acc| (32 bits unsigned, |-2**31| fits)
     S3   msb = index of the leading one of |acc|
-    S4   N = |acc| << (31 - msb)                                   (normalised, 32 bits)
-    S5   kept bits N[8:32] and the round-half-even increment (N[7], sticky N[0:7], N[8])
+    S4   |acc| << (31 - msb rounded down to a multiple of 4)
+    S5   N = |acc| << (31 - msb) (normalised, 32 bits: the remaining 0..3), its kept bits
+         N[8:32] and the round-half-even increment (N[7], sticky N[0:7], N[8])
     S6   A = kept + increment (float32(acc): 24 significant bits; a carry to 2**24
          renormalises to 2**23 and msb += 1); value = A * 2**(msb - 23)
     S7.. P = A * m, 24 x 24 -> 48 bits on 4 MULT18X18D (UMul, latency 5)
@@ -43,8 +44,8 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from hwgen.golden import arith
-from hwgen.hw.bram import LUTRAM_MAX_DEPTH, BlockRam
-from hwgen.hw.dsp import UMul
+from hwgen.hw.bram import LUTRAM_MAX_DEPTH, BlockRam, kept_reg
+from hwgen.hw.dsp import UMul, use_primitive_for
 from hwgen.hw.pipe import Pipe
 
 __all__ = ["RequantParams", "Requantizer", "PARAM_LAYOUT", "encode_scales"]
@@ -138,7 +139,9 @@ class Requantizer(wiring.Component):
         ReLU6: hi too); registered inside, so change them only while the pipeline is empty
         (they apply from the next cycle on).
     param : In(wiring.Signature({"en", "addr", "data": PARAM_LAYOUT}))
-        Write port of the per-channel parameter memory (words from :func:`encode_scales`).
+        Write port of the per-channel parameter memory (words from :func:`encode_scales`);
+        with block-RAM tables (more than ``LUTRAM_MAX_DEPTH`` channels) a write lands a
+        cycle after ``en`` (each lane's table takes it through registers of its own).
     """
 
     LATENCY = 19
@@ -179,8 +182,14 @@ class Requantizer(wiring.Component):
                            use_primitive=p.use_primitive if block else False,
                            name=f"params{lane}")
             m.submodules[f"params{lane}"] = mem
-            m.d.comb += [mem.w_en.eq(self.param.en), mem.w_addr.eq(self.param.addr),
-                         mem.w_data.eq(self.param.data)]
+            w = Cat(self.param.en, self.param.addr, self.param.data)
+            if block:
+                # the lanes' block RAMs sit anywhere on the die: each takes its write from
+                # registers of its own (kept apart on ECP5), a cycle later
+                w = kept_reg(m, w, f"pw{lane}", use_primitive_for(platform, p.use_primitive))
+            na = len(self.param.addr)
+            m.d.comb += [mem.w_en.eq(w[0]), mem.w_addr.eq(w[1:1 + na]),
+                         mem.w_data.eq(w[1 + na:])]
             return mem
 
         # valid bits of stages S1..S19
@@ -216,12 +225,17 @@ class Requantizer(wiring.Component):
             # S3: leading-one index
             msb3 = reg(range(32), L + "msb3", leading_one(mag2)[1])
             mag3 = reg(unsigned(32), L + "mag3", mag2)
-            # S4: normalise to bit 31
-            norm4 = reg(unsigned(32), L + "norm4", (mag3 << (~msb3)[:5])[:32])
+            # S4: normalise to bit 31, the coarse part: shift by a multiple of 4
+            sh3 = (~msb3)[:5]
+            norm4 = reg(unsigned(32), L + "norm4", (mag3 << Cat(Const(0, 2), sh3[2:]))[:32])
+            fine4 = reg(unsigned(2), L + "fine4", sh3[:2])
             msb4 = reg(range(32), L + "msb4", msb3)
-            # S5: float32(acc): the 24 kept bits and the round-half-even increment
-            top5 = reg(unsigned(24), L + "top5", norm4[8:32])
-            inc5 = reg(1, L + "inc5", norm4[7] & (norm4[:7].any() | norm4[8]))
+            # S5: the fine part (0..3 more), then float32(acc): the 24 kept bits and the
+            # round-half-even increment
+            norm5 = Signal(32, name=L + "norm5")
+            m.d.comb += norm5.eq((norm4 << fine4)[:32])
+            top5 = reg(unsigned(24), L + "top5", norm5[8:32])
+            inc5 = reg(1, L + "inc5", norm5[7] & (norm5[:7].any() | norm5[8]))
             msb5 = reg(range(32), L + "msb5", msb4)
             # S6: rounded; a carry to 2**24 renormalises to 2**23 with msb + 1
             rounded = Signal(25, name=L + "a_round")

@@ -630,12 +630,16 @@ class SystolicArray(wiring.Component):
             nxt = Signal(flag_layout, name=f"sm{i}")
             m.d.sync += nxt.eq(dly)
             dly = nxt
-        row_dly = []
+        row_dly, row_first = [], []
         for r in range(R):
             f = s3_f[r]
             for i in range(Mult18.LATENCY + 1):
                 nxt = Signal(row_flags, name=f"sm{i}_r{r}")
                 m.d.sync += nxt.eq(f)
+                if i == Mult18.LATENCY:
+                    # the last stage's "first" selects the bias for C x 32 accumulator bits:
+                    # a copy per column (kept apart on ECP5), 32 loads each
+                    row_first.append(kept_reg(m, Cat(*[f.first] * C), f"first_r{r}", prim))
                 f = nxt
             row_dly.append(f)
 
@@ -653,15 +657,15 @@ class SystolicArray(wiring.Component):
         # cycle): no adder in front of the shadow registers
         for r in range(R):
             f = row_dly[r]
-            load_d = Signal(name=f"load_d{r}")
-            m.d.sync += load_d.eq(f.load)
+            # the shadow load enable, one register per (row, column) too (kept apart)
+            load_d = kept_reg(m, Cat(*[f.load] * C), f"load_d{r}", prim)
             for c in range(C):
                 s = Signal(ACC, name=f"sum_r{r}_c{c}")
                 # invalid beats carry x = 0, so their product is 0: acc needs no enable;
                 # a tile starts from its bias
-                m.d.comb += s.eq(Mux(f.first, bias_r[c], acc[r][c]) + prods[r][c])
+                m.d.comb += s.eq(Mux(row_first[r][c], bias_r[c], acc[r][c]) + prods[r][c])
                 m.d.sync += acc[r][c].eq(s)
-                with m.If(load_d):
+                with m.If(load_d[c]):
                     m.d.sync += shadow[r][c].eq(acc[r][c])
                 with m.Elif(row_shift[r][c]):
                     m.d.sync += shadow[r][c].eq(shadow[r + 1][c] if r + 1 < R else 0)
@@ -801,8 +805,8 @@ class SystolicConv(wiring.Component):
 
     Lane ``c`` of an output beat is channel ``ch + c`` of pixel ``pix`` (lanes past the
     group's ``Cout/groups`` are to be ignored, as for the array). Latency: the array's plus
-    ``Requantizer.LATENCY`` (19) cycles; throughput that of the array. A small FIFO carries
-    ``(ch, pix)`` past the requantiser. DSPs: ``R*C + 4*C``.
+    two input registers and ``Requantizer.LATENCY`` (19) cycles; throughput that of the
+    array. A small FIFO carries ``(ch, pix)`` past the requantiser. DSPs: ``R*C + 4*C``.
 
     Parameters
     ----------
@@ -863,18 +867,23 @@ class SystolicConv(wiring.Component):
         meta = data.StructLayout({"ch": unsigned(p.ch_bits),
                                   "pix": unsigned(ceil_log2(p.max_pixels + 1))})
         m.submodules.meta = mfifo = SyncFIFOBuffered(width=meta.size,
-                                                     depth=Requantizer.LATENCY + 4)
+                                                     depth=Requantizer.LATENCY + 6)
         src = sa.o_stream
         m.d.comb += [sa.o_allow.eq(cf.allow), cf.issue.eq(src.valid),
                      mfifo.w_en.eq(src.valid), mfifo.w_data.eq(Cat(src.payload.ch, src.payload.pix))]
-        # one register stage into the requantiser: each lane's accumulator and parameter
-        # address (ch + c: lanes past the layer's channels read words past the last channel,
-        # the memory is deep enough, so no clamp)
+        # two register stages into the requantiser: the beat's channel is copied once per
+        # lane (kept apart on ECP5: each lane's parameter memory is a block RAM of its own,
+        # anywhere on the die), then each lane's parameter address ch + c (lanes past the
+        # layer's channels read words past the last channel, the memory is deep enough, so
+        # no clamp); the accumulators and valid follow through two plain registers
         rq_in = Signal.like(rq.i_stream.payload)
-        rq_v = Signal()
-        m.d.sync += rq_v.eq(src.valid)
+        acc_a = Signal.like(src.payload.acc)
+        v_a, rq_v = Signal(), Signal()
+        m.d.sync += [v_a.eq(src.valid), rq_v.eq(v_a), acc_a.eq(src.payload.acc)]
         for c in range(p.cols):
-            m.d.sync += [rq_in.acc[c].eq(src.payload.acc[c]), rq_in.ch[c].eq(src.payload.ch + c)]
+            ch_c = kept_reg(m, src.payload.ch, f"rq_ch{c}",
+                            use_primitive_for(platform, p.use_primitive))
+            m.d.sync += [rq_in.acc[c].eq(acc_a[c]), rq_in.ch[c].eq(ch_c + c)]
         m.d.comb += [rq.i_stream.valid.eq(rq_v), rq.i_stream.payload.eq(rq_in)]
         md = Signal(meta)
         y = Signal(out)

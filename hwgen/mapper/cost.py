@@ -109,10 +109,11 @@ __all__ = [
 #: (hw/sequencer.py, hw/layer_io.py Placer).
 SEQ_OVERHEAD = 13
 #: Systolic layer fill and drain: patch-address pipeline (17), array (11), requantiser input
-#: register and pipeline (20), output FIFO, writer stages, placer (6) and the credit loops,
-#: less what overlaps; fitted to the measured MobileNet 0.25/96 layers on its 4 x 12 array
-#: (pw8 13,418, pw14 18,254, fc 590, GAP 5,449, conv1 62,348 cycles: all within +-0.1 %).
-SA_PIPE = 61
+#: registers and pipeline (21), output FIFO, writer stages, placer (6), the registered
+#: writer-count compare and the credit loops, less what overlaps; fitted to the measured
+#: MobileNet 0.25/96 layers on its 4 x 12 array (pw8 13,419, pw14 18,255, fc 591, GAP 5,450,
+#: conv1 62,349 cycles: all within +-0.1 %).
+SA_PIPE = 62
 #: A step's last beat waits until the previous step's shadow bank has drained: the array's
 #: latency from a last beat to the shadow bank (10 cycles) plus one row per cycle
 #: (hw/systolic.py ``pending``).
