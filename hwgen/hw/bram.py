@@ -96,7 +96,7 @@ class BlockRam(wiring.Component):
         levels: groups of four rows, then the groups; up to four rows a register per block
         before it), 6 (4 with the read address registered
         once more before the per-block copies and a fabric register per block), 7 (6 with a
-        copy per row of blocks between that root and the per-block copies).
+        second copy per block between that root and the per-block copies).
 
     Members
     -------
@@ -198,7 +198,8 @@ class BlockRam(wiring.Component):
         #   6: the read address registered once more first (a root the per-block copies
         #      fan out from), per-block address copy, block, output register, per-block
         #      register, multiplexer into a register
-        #   7: as 6 with a copy per row of blocks between the root and the per-block copies
+        #   7: as 6 with a second copy per block between the root and the per-block copies
+        #      (not one per row: a row's blocks may lie all over the die)
         root = self.r_addr
         if lat >= 6:
             root = Signal.like(self.r_addr, name="ra_root")
@@ -222,9 +223,6 @@ class BlockRam(wiring.Component):
         gate_rows = block_reg and rows > 1
         row_out = []
         for r in range(rows):
-            row_root = root
-            if lat == 7:       # one more level: a copy per row of blocks, then per block
-                row_root = _kept_reg(m, root[:min(aw, wbits)], self.r_en, f"rr_{r}")
             chunk = self.init[r * words:(r + 1) * words]
             dout = []
             for c in range(cols):
@@ -232,10 +230,12 @@ class BlockRam(wiring.Component):
                 n = min(bits, self.width - lo)
                 vals = [(v >> lo) & ((1 << n) - 1) for v in chunk]
                 do = Signal(bits if bits == 36 else 18, name=f"do_{r}_{c}")
-                r_addr = row_root
+                r_addr = root
+                if lat == 7:   # one more level: two copies per block (a chain the placer
+                    # can stretch from the root towards the block, half the way each)
+                    r_addr = _kept_reg(m, root[:min(aw, wbits)], self.r_en, f"rb_{r}_{c}")
                 if addr_copy:
-                    r_addr = _kept_reg(m, row_root[:min(aw, wbits)], self.r_en,
-                                       f"ra_{r}_{c}")
+                    r_addr = _kept_reg(m, r_addr[:min(aw, wbits)], self.r_en, f"ra_{r}_{c}")
                 w_addr, w_data = self.w_addr if self.writable else None, None
                 if self.writable:
                     w_data = self.w_data[lo:lo + n]

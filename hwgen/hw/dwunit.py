@@ -319,13 +319,16 @@ class DwUnit(wiring.Component):
                          freed_p1.eq(1), in_setup.eq(1), setup_end.eq(self.SETUP == 1)]
         with m.Elif(in_setup):
             m.d.sync += [setup.eq(setup - 1), in_setup.eq(~setup_end), setup_end.eq(setup == 2)]
-            with m.If(setup_end):
-                m.d.sync += [run.eq(1), ix.eq(0), iy.eq(0), addr.eq(d.in_addr), cbase.eq(d.in_addr),
-                             emit.eq(first == 0), dist.eq(first), ox.eq(0), oy.eq(0), og.eq(0),
-                             og_p1.eq(1),
-                             row0.eq(-d.pad_t), col0.eq(-d.pad_l), all_em.eq(0),
-                             x_last.eq(wm1 == 0), y_last.eq(hm1 == 0), ox_last.eq(owm1 == 0),
-                             oy_last.eq(ohm1 == 0), og_last.eq(cm1 == 0)]
+        # the setup's last cycle never meets a start (a start comes only while the unit is
+        # idle), so the stream's registers load on setup_end alone (start is not in front
+        # of their enables)
+        with m.If(setup_end):
+            m.d.sync += [run.eq(1), ix.eq(0), iy.eq(0), addr.eq(d.in_addr), cbase.eq(d.in_addr),
+                         emit.eq(first == 0), dist.eq(first), ox.eq(0), oy.eq(0), og.eq(0),
+                         og_p1.eq(1),
+                         row0.eq(-d.pad_t), col0.eq(-d.pad_l), all_em.eq(0),
+                         x_last.eq(wm1 == 0), y_last.eq(hm1 == 0), ox_last.eq(owm1 == 0),
+                         oy_last.eq(ohm1 == 0), og_last.eq(cm1 == 0)]
 
         with m.If(go):
             with m.If(x_last):
