@@ -93,7 +93,7 @@ def test_retry_at_lower_clock(tmp_path, monkeypatch):
     fmax = {150.0: 131.4, 127.0: 130.2}
     built = []
 
-    def fake_once(design, b, clock, outdir, say, synth_only, seed, env, timeout):
+    def fake_once(design, b, clock, outdir, say, synth_only, seed, placer, env, timeout):
         built.append((design, clock))
         return bb.BuildResult(outdir=outdir, board=b.name, clock_mhz=clock, pll_mhz=clock,
                               synth_only=False, fmax_mhz=fmax[clock],
@@ -171,7 +171,7 @@ def test_retry_skips_clocks_the_design_refuses(tmp_path, monkeypatch):
             raise ValueError(f"UART at 3000000 baud from a {mhz} MHz clock: ...")
         return f"design@{mhz}"
 
-    def fake_once(design, b, clock, outdir, say, synth_only, seed, env, timeout):
+    def fake_once(design, b, clock, outdir, say, synth_only, seed, placer, env, timeout):
         built.append((design, clock))
         return bb.BuildResult(outdir=outdir, board=b.name, clock_mhz=clock, pll_mhz=clock,
                               synth_only=False, fmax_mhz=35.1 if clock == 100.0 else 40.0,
