@@ -198,13 +198,20 @@ class BlockRam(wiring.Component):
         #   6: the read address registered once more first (a root the per-block copies
         #      fan out from), per-block address copy, block, output register, per-block
         #      register, multiplexer into a register
-        #   7: as 6 with a second copy per block between the root and the per-block copies
-        #      (not one per row: a row's blocks may lie all over the die)
+        #   7: as 6 with a root per block column and a second copy per block between the
+        #      root and the per-block copies (not one per row: a row's blocks may lie all
+        #      over the die)
         root = self.r_addr
-        if lat >= 6:
+        if lat == 6:
             root = Signal.like(self.r_addr, name="ra_root")
             with m.If(self.r_en):
                 m.d.sync += root.eq(self.r_addr)
+        if lat == 7:
+            # a root per block column (kept apart): a column's blocks hold the same bits of
+            # the word, so they sit near the same consumers; one root for all blocks would
+            # fan out to the whole die
+            roots = [_kept_reg(m, self.r_addr[:min(aw, wbits)], self.r_en, f"ra_root{c}")
+                     for c in range(cols)]
         addr_copy = lat >= 4
         grouped = lat == 5 and rows > 4
         block_reg = lat in (3, 6, 7) or (lat == 5 and not grouped)
@@ -233,7 +240,7 @@ class BlockRam(wiring.Component):
                 r_addr = root
                 if lat == 7:   # one more level: two copies per block (a chain the placer
                     # can stretch from the root towards the block, half the way each)
-                    r_addr = _kept_reg(m, root[:min(aw, wbits)], self.r_en, f"rb_{r}_{c}")
+                    r_addr = _kept_reg(m, roots[c], self.r_en, f"rb_{r}_{c}")
                 if addr_copy:
                     r_addr = _kept_reg(m, r_addr[:min(aw, wbits)], self.r_en, f"ra_{r}_{c}")
                 w_addr, w_data = self.w_addr if self.writable else None, None

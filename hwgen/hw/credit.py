@@ -112,11 +112,13 @@ class SkidBuffer(wiring.Component):
     never the beats' data registers. One beat per cycle, a beat takes a cycle more.
     ``busy``: a beat is held.
 
-    The two entries are written from the producer side only (their enables are the write
-    pointer and the producer's ``valid``); the output is the entry under the read pointer
-    (one 2:1 multiplexer on the data). A pop moves the read pointer and the count: a handful
-    of flip-flops, where a shifting skid register would put the consumer's ``ready`` on the
-    enable of every data bit.
+    An entry that holds no beat loads the producer's payload every cycle (its enable is a
+    flip-flop, "entry free", with no logic behind it: the data bits may be spread over the
+    die, so a wide enable net gets the whole cycle); the entry under the write pointer is
+    free whenever a beat can be taken, so it holds the beat from the cycle it is taken.
+    The output is the entry under the read pointer (one 2:1 multiplexer on the data). A pop
+    moves the read pointer and the count: a handful of flip-flops, where a shifting skid
+    register would put the consumer's ``ready`` on the enable of every data bit.
     """
 
     def __init__(self, shape):
@@ -136,9 +138,14 @@ class SkidBuffer(wiring.Component):
         take = Signal()
         pop = Signal()
         m.d.comb += [take.eq(i.valid & not_full), pop.eq(nonempty & o.ready)]
+        held = [Signal(name=f"held{k}") for k in (0, 1)]
         for k in (0, 1):
-            with m.If(take & (wp == k)):
+            with m.If(~held[k]):
                 m.d.sync += ent[k].eq(i.payload)
+            with m.If(take & (wp == k)):
+                m.d.sync += held[k].eq(1)
+            with m.Elif(pop & (rp == k)):
+                m.d.sync += held[k].eq(0)
         nxt = Signal(range(4))
         m.d.comb += nxt.eq(count + take - pop)
         m.d.sync += [count.eq(nxt), not_full.eq(nxt < 2), nonempty.eq(nxt != 0)]

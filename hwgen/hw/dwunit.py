@@ -245,7 +245,7 @@ class DwUnit(wiring.Component):
         # RAW: ld_ch visible in cycle A; ok in A + 1, the first go of the channel at A + 1 at
         # the earliest, its first window at the multiplier inputs (S5 + x) in A + 6 + x; the
         # last tap / bias registers hold the new values from A + x on (ring slot written at
-        # the end of A + x - 1, read by the requantiser much later): 6 cycles of margin, the
+        # the end of A + x, read by the requantiser much later): 6 cycles of margin, the
         # same for every latency since both sides move with x
         ld_v, ld_i = lvd[1] & (lkd[1] == 8), lid[1]
         with m.If(ld_v):
@@ -271,8 +271,14 @@ class DwUnit(wiring.Component):
                                                          use_primitive=self.use_primitive))
         m.d.comb += [rq.zero_point.eq(d.y_zp), rq.lo.eq(d.lo), rq.hi.eq(d.hi),
                      rq.o_stream.ready.eq(1)]
-        m.d.comb += [rq.param.addr.eq(li1[:2]), rq.param.data.m.eq(self.c_data[32:56]),
-                     rq.param.data.e.eq(self.c_data[56:62])]
+        # the requantiser's parameter write goes through registers (the channel store's
+        # output may be far from the ring's distributed RAM): its slot is written a cycle
+        # later, still long before the requantiser reads it
+        pw_en, pw_addr, pw_m, pw_e = Signal(), Signal(2), Signal(24), Signal(6)
+        m.d.sync += [pw_en.eq(0), pw_addr.eq(li1[:2]), pw_m.eq(self.c_data[32:56]),
+                     pw_e.eq(self.c_data[56:62])]
+        m.d.comb += [rq.param.en.eq(pw_en), rq.param.addr.eq(pw_addr),
+                     rq.param.data.m.eq(pw_m), rq.param.data.e.eq(pw_e)]
         with m.If(lv1):
             with m.Switch(lk1):
                 for t in range(9):
@@ -282,7 +288,7 @@ class DwUnit(wiring.Component):
                         with m.Else():
                             m.d.sync += wset[0][t].eq(self.t_data)
             with m.If(lk1 == 8):
-                m.d.comb += rq.param.en.eq(1)
+                m.d.sync += pw_en.eq(1)
                 with m.If(li1[0]):
                     m.d.sync += bset[1].eq(self.c_data[:32])
                 with m.Else():

@@ -157,6 +157,8 @@ class HostLink(wiring.Component):
         nak_count = Signal(16)
         last_err = Signal(8)
         check_r = Signal(8)               # registered verdict on the received frame
+        check_bad = Signal()              # check_r != 0, a register of its own
+        c_one = Signal()                  # c_left == 1, a register (no compare in C_WRITE)
         reply_type = Signal(8)
         reply_len = Signal(16)
         shreg = Signal(8 * STATUS_BYTES)  # reply payload (status / NAK), shifted out LSB first
@@ -328,12 +330,15 @@ class HostLink(wiring.Component):
 
             with m.State("CHECKB"):
                 m.d.sync += [check_r.eq(check), shreg.eq(status_now), waddr.eq(offset),
-                             c_left.eq(n_data), bidx.eq(0), raddr.eq(lg_off),
+                             check_bad.eq(~(crc_ok_r & known_r & len_ok_r & ~(idle_r & busy)
+                                            & range_ok)),
+                             c_left.eq(n_data), c_one.eq(length == 5), bidx.eq(0),
+                             raddr.eq(lg_off),
                              is_logits.eq(cmd == Cmd.READ_LOGITS)]
                 m.next = "CHECK"
 
             with m.State("CHECK"):
-                with m.If(check_r != 0):
+                with m.If(check_bad):
                     nak(check_r)
                 with m.Else():
                     with m.Switch(cmd):
@@ -363,8 +368,9 @@ class HostLink(wiring.Component):
                              acc.img_wr.payload.addr.eq(waddr),
                              acc.img_wr.payload.data.eq(wdata)]
                 with m.If(acc.img_wr.ready):
-                    m.d.sync += [bidx.eq(bidx + 1), waddr.eq(waddr + 1), c_left.eq(c_left - 1)]
-                    with m.If(c_left == 1):
+                    m.d.sync += [bidx.eq(bidx + 1), waddr.eq(waddr + 1), c_left.eq(c_left - 1),
+                                 c_one.eq(c_left == 2)]
+                    with m.If(c_one):
                         reply(ACK_BIT | Cmd.LOAD_IMAGE, 0)
                     with m.Else():
                         m.next = "COMMIT"

@@ -29,7 +29,7 @@ import struct
 from dataclasses import dataclass
 
 import numpy as np
-from amaranth import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -350,23 +350,34 @@ class _Count:
         self.m.d.sync += [self.value.eq(self.value + 1), self.last.eq(self._pen),
                           self._pen.eq(self.value == self._lim_m2)]
 
-    def next_last(self, wrap, step):
-        """The value ``last`` takes in the next cycle when this cycle ``wrap()`` runs if
-        ``wrap``, else ``step()`` or ``wrap()`` (by ``last``) if ``step``, else nothing."""
-        return Mux(wrap, self._lim_z, Mux(step, Mux(self.last, self._lim_z, self._pen), self.last))
+    def advance(self):
+        """``wrap()`` at the last value, else ``step()``."""
+        with self.m.If(self.last):
+            self.wrap()
+        with self.m.Else():
+            self.step()
+
+    def last_after_advance(self):
+        """The value ``last`` takes after an ``advance()`` (from registers only)."""
+        return Mux(self.last, self._lim_z, self._pen)
 
 
 def nest_carries(m, counters, start, step, name: str):
     """Registered carries of nested counters (innermost first) that all wrap on ``start``
     and advance on ``step``, counter ``k`` only when every inner one is at its last value
-    (then it wraps if at its own last value, else steps): ``carry[k]`` = counters ``0..k``
-    all at their last values, a register (the enables of the outer counters are one gate
-    from it, not a chain of ANDs)."""
+    (see ``_Count.advance``): ``carry[k]`` = counters ``0..k`` all at their last values, a
+    register (the enables of the outer counters are one gate from it, not a chain of ANDs).
+    Its value after a step is computed from registers only (``step`` selects it, it is not
+    in front of it)."""
     carry = [Signal(name=f"{name}_carry{k}") for k in range(len(counters))]
-    nxt = []
+    stepped = []
     for k, c in enumerate(counters):
-        nxt.append(c.next_last(start, step & (carry[k - 1] if k else 1)))
-        m.d.sync += carry[k].eq(Cat(*nxt).all())
+        moves = carry[k - 1] if k else Const(1, 1)    # counter k advances on this step
+        stepped.append(Mux(moves, c.last_after_advance(), c.last))
+        with m.If(start):
+            m.d.sync += carry[k].eq(Cat(*(x._lim_z for x in counters[:k + 1])).all())
+        with m.Elif(step):
+            m.d.sync += carry[k].eq(Cat(*stepped).all())
     return carry
 
 
@@ -449,21 +460,15 @@ class PatchFeeder(wiring.Component):
         order = [cnt[n] for n in ("ci", "kx", "ky", "g", "ox", "oy")]
         carry = nest_carries(m, order, self.start, issue, "pf")
 
-        def advance(k):         # counter k steps, or wraps at its last value
-            with m.If(order[k].last):
-                order[k].wrap()
-            with m.Else():
-                order[k].step()
-
         with m.If(self.start):
             m.d.sync += [run.eq(1), iy0.eq(-d.pad_t), ix0.eq(-d.pad_l), cbase.eq(0)]
             for c in cnt.values():
                 c.wrap()
         with m.Elif(issue):
-            advance(0)
+            order[0].advance()
             for k in range(1, 6):
                 with m.If(carry[k - 1]):
-                    advance(k)
+                    order[k].advance()
             with m.If(carry[2]):
                 m.d.sync += cbase.eq(cbase + d.cin_g)
             with m.If(carry[3]):
@@ -581,22 +586,24 @@ class BiasFeeder(wiring.Component):
         rd = Signal(32)
         m.d.sync += rd.eq(self.rd_data[:32])
         cap_vs = [Signal(name=f"cap_v{k}") for k in range(lat)]
-        cap_ls = [Signal(range(C), name=f"cap_lane{k}") for k in range(lat)]
+        # the lane travels one stage less: its last stage is decoded into cap_oh below
+        cap_ls = [Signal(range(C), name=f"cap_lane{k}") for k in range(lat - 1)]
         cap_v0, cap_v, cap_lane0 = cap_vs[0], cap_vs[-1], cap_ls[0]
         # records still to read for this beat (a down-counter: no comparison in FILL), and
         # the count of the next beat, min(rem - C, C) and min(cout_g, C), kept in registers
-        # (rem is stable from OUT to the next OUT, at least MEM_LATENCY + 2 cycles)
+        # (rem is stable from OUT to the next OUT, at least MEM_LATENCY + 2 cycles: rem - C
+        # is registered, then clamped into another register)
         left = Signal(range(C + 1))
         nv_next, nv_first = Signal(range(C + 1)), Signal(range(C + 1))
         rem_c = Signal(signed(18))
-        m.d.comb += rem_c.eq(rem - C)
+        m.d.sync += rem_c.eq(rem - C)
         m.d.sync += [nv_next.eq(Mux(rem_c > C, C, Mux(rem_c < 0, 0, rem_c))),
                      nv_first.eq(Mux(d.cout_g > C, C, d.cout_g))]
         m.d.sync += self.rd_addr.eq(d.ch_base + obase + c)
         m.d.comb += self.o_stream.payload.eq(vec)
         m.d.sync += cap_v0.eq(0)
         m.d.sync += [cap_vs[k].eq(cap_vs[k - 1]) for k in range(1, lat)]
-        m.d.sync += [cap_ls[k].eq(cap_ls[k - 1]) for k in range(1, lat)]
+        m.d.sync += [cap_ls[k].eq(cap_ls[k - 1]) for k in range(1, lat - 1)]
         # the vector is cleared the cycle after a beat leaves (a registered flag: the
         # array's ready does not reach the C x 32 vector bits); FILL's first capture lands
         # MEM_LATENCY cycles later
@@ -608,7 +615,7 @@ class BiasFeeder(wiring.Component):
         # the lane a capture lands in as a one-hot register (decoded a stage early): each
         # lane's 32 enables are a gate from two flip-flops
         cap_oh = Signal(C)
-        m.d.sync += [cap_oh[k].eq(cap_ls[-2] == k) for k in range(C)]
+        m.d.sync += [cap_oh[k].eq(cap_ls[-1] == k) for k in range(C)]
         for k in range(C):
             with m.If(cap_v & cap_oh[k]):
                 m.d.sync += vec[k].eq(rd)
@@ -643,19 +650,17 @@ class BiasFeeder(wiring.Component):
         m.d.comb += [self.o_stream.valid.eq(out_v), take.eq(out_v & self.o_stream.ready)]
         # the sums the next beat needs, registered (obase and rem change only when a beat
         # leaves, and beats leave at least MEM_LATENCY + 2 cycles apart): no adder behind take
-        obase_c, obase_r, rem_m = Signal(24), Signal(24), Signal(signed(18))
-        m.d.sync += [obase_c.eq(obase + C), obase_r.eq(obase + rem), rem_m.eq(rem_c)]
+        obase_c, obase_r = Signal(24), Signal(24)
+        m.d.sync += [obase_c.eq(obase + C), obase_r.eq(obase + rem)]
         with m.If(take):
-            ot_c.step()
+            ot_c.advance()
             m.d.sync += [out_v.eq(0), clr.eq(1), c.eq(0), obase.eq(obase_c),
-                         rem.eq(rem_m), left.eq(Mux(d.bias_zero, 0, nv_next))]
+                         rem.eq(rem_c), left.eq(Mux(d.bias_zero, 0, nv_next))]
             with m.If(ot_c.last):
-                ot_c.wrap()
-                g_c.step()
+                g_c.advance()
                 m.d.sync += [rem.eq(d.cout_g), obase.eq(obase_r),
                              left.eq(Mux(d.bias_zero, 0, nv_first))]
                 with m.If(g_c.last):
-                    g_c.wrap()
                     pt_c.step()
                     m.d.sync += obase.eq(0)
         return m

@@ -118,7 +118,10 @@ class Sequencer(wiring.Component):
         m.d.sync += [pvs[k].eq(pvs[k - 1]) for k in range(1, MEM_LATENCY + 1)]
         m.d.sync += [pos[k].eq(pos[k - 1]) for k in range(1, MEM_LATENCY + 1)]
         m.d.sync += [self.ch_addr.eq(d.ch_base + Mux(d.ch_step, o, 0)), self.ch_sel.eq(0)]
-        m.d.comb += [self.p_en.eq(pv), self.p_addr.eq(po),
+        # the write leaves through registers (the channel store's output travels to the
+        # requantiser's lanes in two hops): it lands MEM_LATENCY + 2 cycles after PARAM,
+        # long before the layer's first result reaches the requantiser
+        m.d.sync += [self.p_en.eq(pv), self.p_addr.eq(po),
                      self.p_data.m.eq(self.ch_data[32:56]), self.p_data.e.eq(self.ch_data[56:62])]
         # place table: s(j) = (j % sh_n) * sh_g + j // sh_n for j = out_pre + o, walked
         # incrementally (q = j // sh_n, r = j % sh_n, rg = r * sh_g) from the descriptor's

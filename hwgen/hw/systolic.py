@@ -523,29 +523,37 @@ class SystolicArray(wiring.Component):
         for r in range(R):
             for l in range(L):
                 m.d.comb += rams[r][l].r_addr.eq(rd_addr[r])
+        # j + 1 and jbase + 1 are registers of their own, so no adder sits behind the issue
+        # decision (its flags set the selects of j's and jbase's multiplexers only)
+        j_p1 = Signal(range(p.max_k + 1), init=1)
+        jbase_p1 = Signal(range(p.max_k + 1), init=1)
         with m.If(r_fresh & have):
             m.d.sync += [r_fresh.eq(0), k_rem.eq(cfg.k - 1), ot_rem.eq(cfg.otiles - 1),
-                         g_rem.eq(cfg.groups - 1), k_first.eq(1), j.eq(0), jbase.eq(0),
+                         g_rem.eq(cfg.groups - 1), k_first.eq(1),
+                         j.eq(0), jbase.eq(0), j_p1.eq(1), jbase_p1.eq(1),
                          is_last.eq(cfg.k == 1),
                          ot_z.eq(cfg.otiles == 1), g_z.eq(cfg.groups == 1)]
         with m.If(issue):
             m.d.sync += k_first.eq(is_last)
             with m.If(is_last):
-                m.d.sync += [k_rem.eq(cfg.k - 1), j.eq(jbase), pending.eq(1),
-                             is_last.eq(cfg.k == 1)]
+                m.d.sync += [k_rem.eq(cfg.k - 1), j.eq(jbase), j_p1.eq(jbase_p1),
+                             pending.eq(1), is_last.eq(cfg.k == 1)]
                 with m.If(ot_z):
                     m.d.sync += [ot_rem.eq(cfg.otiles - 1), ot_z.eq(cfg.otiles == 1)]
                     with m.If(g_z):
                         m.d.sync += [g_rem.eq(cfg.groups - 1), g_z.eq(cfg.groups == 1),
-                                     jbase.eq(0), j.eq(0), rd_bank.eq(~rd_bank),
+                                     jbase.eq(0), j.eq(0), jbase_p1.eq(1), j_p1.eq(1),
+                                     rd_bank.eq(~rd_bank),
                                      r_fresh.eq(Mux(rd_bank, bank_last[1], bank_last[0]))]
                     with m.Else():
                         m.d.sync += [g_rem.eq(g_rem - 1), g_z.eq(g_rem == 1),
-                                     jbase.eq(j + 1), j.eq(j + 1)]
+                                     jbase.eq(j_p1), j.eq(j_p1),
+                                     jbase_p1.eq(j_p1 + 1), j_p1.eq(j_p1 + 1)]
                 with m.Else():
                     m.d.sync += [ot_rem.eq(ot_rem - 1), ot_z.eq(ot_rem == 1)]
             with m.Else():
-                m.d.sync += [k_rem.eq(k_rem - 1), j.eq(j + 1), is_last.eq(k_rem == 1)]
+                m.d.sync += [k_rem.eq(k_rem - 1), j.eq(j_p1), j_p1.eq(j_p1 + 1),
+                             is_last.eq(k_rem == 1)]
 
         # a bank counts as full once its last write has landed (a cycle after the beat)
         tl_r, tl_bank = Signal(), Signal()
