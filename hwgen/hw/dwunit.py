@@ -209,7 +209,9 @@ class DwUnit(wiring.Component):
 
         # ---- control -----------------------------------------------------------------------
         busy = Signal()         # a layer is running (until its last write request)
-        run = Signal()          # setup done: stream active
+        # the stream is issuing: from the setup's end to the last emission (one register,
+        # so the issue decision go is a gate from two flip-flops)
+        live = Signal()
         lrun = Signal()         # loader active (from start to the last write request)
         setup = Signal(range(self.SETUP + 1))
         # setup != 0 and setup == 1 as registers of their own (no compare of the counter in
@@ -303,7 +305,6 @@ class DwUnit(wiring.Component):
         dist = Signal((8 * self.max_width + 2).bit_length())
         ox, oy, og = Signal(16), Signal(16), Signal(16)
         row0, col0 = Signal(signed(18)), Signal(signed(18))
-        all_em = Signal()
         go = Signal()
         # "parameters of the stream's output channel og are loaded", as a register: og of the
         # next cycle compared with ld_ch of this one (ld_ch only grows, so it may lag by a
@@ -317,10 +318,10 @@ class DwUnit(wiring.Component):
         og_p1 = Signal(16)
         cb = max(1, ceil_log2(self.max_channels + 1))
         m.d.sync += ok.eq(Mux(go & og_adv, ld_ch[:cb] > og_p1[:cb], ld_ch[:cb] > og[:cb]))
-        m.d.comb += [go.eq(run & ~all_em & ok), self.rd_addr.eq(addr)]
+        m.d.comb += [go.eq(live & ok), self.rd_addr.eq(addr)]
 
         with m.If(self.start):     # the loader starts at once, the stream after the setup
-            m.d.sync += [busy.eq(1), run.eq(0), setup.eq(self.SETUP), lrun.eq(1), ld_ch.eq(0),
+            m.d.sync += [busy.eq(1), live.eq(0), setup.eq(self.SETUP), lrun.eq(1), ld_ch.eq(0),
                          li.eq(0), lact.eq(0), tptr.eq(d.w_base), cptr.eq(d.ch_base), freed.eq(0),
                          freed_p1.eq(1), in_setup.eq(1), setup_end.eq(self.SETUP == 1)]
         with m.Elif(in_setup):
@@ -329,10 +330,10 @@ class DwUnit(wiring.Component):
         # idle), so the stream's registers load on setup_end alone (start is not in front
         # of their enables)
         with m.If(setup_end):
-            m.d.sync += [run.eq(1), ix.eq(0), iy.eq(0), addr.eq(d.in_addr), cbase.eq(d.in_addr),
+            m.d.sync += [live.eq(1), ix.eq(0), iy.eq(0), addr.eq(d.in_addr), cbase.eq(d.in_addr),
                          emit.eq(first == 0), dist.eq(first), ox.eq(0), oy.eq(0), og.eq(0),
                          og_p1.eq(1),
-                         row0.eq(-d.pad_t), col0.eq(-d.pad_l), all_em.eq(0),
+                         row0.eq(-d.pad_t), col0.eq(-d.pad_l),
                          x_last.eq(wm1 == 0), y_last.eq(hm1 == 0), ox_last.eq(owm1 == 0),
                          oy_last.eq(ohm1 == 0), og_last.eq(cm1 == 0)]
 
@@ -352,7 +353,7 @@ class DwUnit(wiring.Component):
                     with m.If(oy_last):
                         m.d.sync += [oy.eq(0), oy_last.eq(ohm1 == 0), row0.eq(-d.pad_t)]
                         with m.If(og_last):
-                            m.d.sync += [all_em.eq(1), emit.eq(0)]
+                            m.d.sync += [live.eq(0), emit.eq(0)]
                         with m.Else():
                             m.d.sync += [og.eq(og_p1), og_p1.eq(og_p1 + 1), og_last.eq(og == cm2),
                                          dist.eq(grp_m1),
@@ -497,5 +498,5 @@ class DwUnit(wiring.Component):
                     m.d.sync += [wy.eq(0), wy_last.eq(ohm1 == 0), wp_.eq(0), wc.eq(wc + 1),
                                  wc_last.eq(wc == cm2)]
                     with m.If(wc_last):
-                        m.d.sync += [busy.eq(0), run.eq(0), lrun.eq(0)]
+                        m.d.sync += [busy.eq(0), lrun.eq(0)]
         return m

@@ -497,6 +497,8 @@ class SystolicArray(wiring.Component):
         j = Signal(range(p.max_k + 1))       # jbase + beat index in the group
         pending = Signal()     # a tile's last beat issued, its drain not finished
         is_last = Signal()                # k_rem == 0, registered
+        k1 = Signal()                     # cfg.k == 1, registered (cfg settles long before)
+        m.d.sync += k1.eq(cfg.k == 1)
         ot_z, g_z = Signal(), Signal()    # ot_rem == 0, g_rem == 0, registered
         tile_end = is_last & ot_z & g_z
         have = Mux(rd_bank, full[1], full[0])
@@ -510,8 +512,11 @@ class SystolicArray(wiring.Component):
         m.d.sync += bias_r.eq(bs.payload)
         bias_ok = bs.valid                # the next tile's bias is there
         bias_used = Signal()              # a first beat is in flight
-        m.d.comb += w.ready.eq(have & ~r_fresh & ~(is_last & pending)
-                               & ~(k_first & (bias_used | ~bias_ok)))
+        # have & ~r_fresh & ~(is_last & pending) & ~(k_first & bias_used) as a register,
+        # set from the next-state values of its terms (below): ready is one gate from
+        # flip-flops, and the counters' enables two
+        rdy_base = Signal()
+        m.d.comb += w.ready.eq(rdy_base & ~(k_first & ~bias_ok))
         issue = w.valid & w.ready
         with m.If(issue & k_first):
             m.d.sync += bias_used.eq(1)
@@ -531,13 +536,13 @@ class SystolicArray(wiring.Component):
             m.d.sync += [r_fresh.eq(0), k_rem.eq(cfg.k - 1), ot_rem.eq(cfg.otiles - 1),
                          g_rem.eq(cfg.groups - 1), k_first.eq(1),
                          j.eq(0), jbase.eq(0), j_p1.eq(1), jbase_p1.eq(1),
-                         is_last.eq(cfg.k == 1),
+                         is_last.eq(k1),
                          ot_z.eq(cfg.otiles == 1), g_z.eq(cfg.groups == 1)]
         with m.If(issue):
             m.d.sync += k_first.eq(is_last)
             with m.If(is_last):
                 m.d.sync += [k_rem.eq(cfg.k - 1), j.eq(jbase), j_p1.eq(jbase_p1),
-                             pending.eq(1), is_last.eq(cfg.k == 1)]
+                             pending.eq(1), is_last.eq(k1)]
                 with m.If(ot_z):
                     m.d.sync += [ot_rem.eq(cfg.otiles - 1), ot_z.eq(cfg.otiles == 1)]
                     with m.If(g_z):
@@ -723,6 +728,24 @@ class SystolicArray(wiring.Component):
         m.d.sync += [o_valid.eq(move), o_data.eq(in_data)]
         with m.If(move & ~therm[1]):     # the last row leaves
             m.d.sync += pending.eq(0)
+
+        # rdy_base of the next cycle from the next values of its terms (mirrors the
+        # assignments above: with r_fresh & have no beat issues, consumed wins over a new
+        # first beat, the drain's end and a last beat's issue never meet)
+        fresh_go = r_fresh & have
+        t_end = issue & tile_end
+        n_bias_used = Mux(consumed, 0, Mux(issue & k_first, 1, bias_used))
+        n_k_first = Mux(fresh_go, 1, Mux(issue, is_last, k_first))
+        n_is_last = Mux(fresh_go | (issue & is_last), k1, Mux(issue, k_rem == 1, is_last))
+        n_pending = Mux(move & ~therm[1], 0, Mux(issue & is_last, 1, pending))
+        n_r_fresh = Mux(fresh_go, 0, Mux(t_end, Mux(rd_bank, bank_last[1], bank_last[0]),
+                                         r_fresh))
+        n_rd_bank = rd_bank ^ t_end
+        n_full = [Mux(tl_r & (tl_bank == b), 1, Mux(t_end & (rd_bank == b), 0, full[b]))
+                  for b in (0, 1)]
+        n_have = Mux(n_rd_bank, n_full[1], n_full[0])
+        m.d.sync += rdy_base.eq(n_have & ~n_r_fresh & ~(n_is_last & n_pending)
+                                & ~(n_k_first & n_bias_used))
 
         m.d.comb += self.busy.eq(full[0] | full[1] | tl_r | pending | o_valid | (wr_row != 0)
                                  | (wr_beat != 0) | ~w_fresh)
