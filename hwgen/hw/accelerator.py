@@ -158,7 +158,11 @@ class Accelerator(wiring.Component):
         # seen alone)
         wr_all = Signal()
         m.d.sync += wr_all.eq(writer.count == d.beats)
-        done = {KIND_ARRAY: wr_all & patch.done & wfeed.done & bfeed.done & ~sconv.busy}
+        # the array's busy (an OR over its counters and flags) registered too: wr_all says
+        # every beat is written, so a busy a cycle late only holds done back a cycle
+        sc_busy = Signal()
+        m.d.sync += sc_busy.eq(sconv.busy)
+        done = {KIND_ARRAY: wr_all & patch.done & wfeed.done & bfeed.done & ~sc_busy}
         kinds = {f["kind"] for f in descs if not f["skip"]}
         if KIND_MAXPOOL in kinds:
             m.submodules.maxpool = mpool = MaxPoolUnit()
