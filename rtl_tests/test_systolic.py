@@ -51,7 +51,7 @@ class SystolicTop(wiring.Component):
         m.submodules.sa = sa = self.sa
         for name in ("w_stream", "b_stream"):
             wiring.connect(m, wiring.flipped(getattr(self, name)), getattr(sa, name))
-        m.submodules.ofifo = cf = CreditFifo(self.sp.out_layout, 8, lag=2)
+        m.submodules.ofifo = cf = CreditFifo(self.sp.out_layout, 8, lag=SystolicArray.ALLOW_LAG)
         m.d.comb += [sa.o_allow.eq(cf.allow), cf.issue.eq(sa.o_stream.valid),
                      cf.w_en.eq(sa.o_stream.valid), cf.w_data.eq(sa.o_stream.payload)]
         wiring.connect(m, cf.o_stream, wiring.flipped(self.o_stream))

@@ -35,7 +35,8 @@ from amaranth.lib.wiring import In, Out
 
 from . import add as _add
 from .credit import CreditFifo
-from .dsp import Mult18
+from .bram import kept_reg
+from .dsp import Mult18, use_primitive_for
 from ..mapper import program as prog
 from ..mapper.plan import WEIGHTS_SECTION_A
 
@@ -583,12 +584,15 @@ class BiasFeeder(wiring.Component):
         # the read address is registered (one cycle), then the channel store's read, then the
         # record is registered here once more (the store may sit across the die)
         lat = MEM_LATENCY + 2
-        rd = Signal(32)
-        m.d.sync += rd.eq(self.rd_data[:32])
-        cap_vs = [Signal(name=f"cap_v{k}") for k in range(lat)]
-        # the lane travels one stage less: its last stage is decoded into cap_oh below
+        # the record registered once per lane (kept apart on ECP5: the lanes' vector bits
+        # go to the array's accumulators, all over the die)
+        prim = use_primitive_for(platform, None)
+        rd = [kept_reg(m, self.rd_data[:32], f"rd_l{k}", prim) for k in range(C)]
+        # a capture's valid and lane travel lat - 1 stages, then become the per-lane capture
+        # enables (cap_en, below)
+        cap_vs = [Signal(name=f"cap_v{k}") for k in range(lat - 1)]
         cap_ls = [Signal(range(C), name=f"cap_lane{k}") for k in range(lat - 1)]
-        cap_v0, cap_v, cap_lane0 = cap_vs[0], cap_vs[-1], cap_ls[0]
+        cap_v0, cap_lane0 = cap_vs[0], cap_ls[0]
         # records still to read for this beat (a down-counter: no comparison in FILL), and
         # the count of the next beat, min(rem - C, C) and min(cout_g, C), kept in registers
         # (rem is stable from OUT to the next OUT, at least MEM_LATENCY + 2 cycles: rem - C
@@ -602,7 +606,7 @@ class BiasFeeder(wiring.Component):
         m.d.sync += self.rd_addr.eq(d.ch_base + obase + c)
         m.d.comb += self.o_stream.payload.eq(vec)
         m.d.sync += cap_v0.eq(0)
-        m.d.sync += [cap_vs[k].eq(cap_vs[k - 1]) for k in range(1, lat)]
+        m.d.sync += [cap_vs[k].eq(cap_vs[k - 1]) for k in range(1, lat - 1)]
         m.d.sync += [cap_ls[k].eq(cap_ls[k - 1]) for k in range(1, lat - 1)]
         # the vector is cleared the cycle after a beat leaves (a registered flag: the
         # array's ready does not reach the C x 32 vector bits); FILL's first capture lands
@@ -612,13 +616,13 @@ class BiasFeeder(wiring.Component):
         out_v, take = Signal(), Signal()      # a beat is offered (state OUT), it leaves
         with m.If(clr):
             m.d.sync += vec.eq(0)
-        # the lane a capture lands in as a one-hot register (decoded a stage early): each
-        # lane's 32 enables are a gate from two flip-flops
-        cap_oh = Signal(C)
-        m.d.sync += [cap_oh[k].eq(cap_ls[-1] == k) for k in range(C)]
+        # a capture's enable per lane, a register (decoded a stage early): each lane's 32
+        # enables come straight from a flip-flop of the lane's own
+        cap_en = [Signal(name=f"cap_en{k}") for k in range(C)]
+        m.d.sync += [cap_en[k].eq(cap_vs[-1] & (cap_ls[-1] == k)) for k in range(C)]
         for k in range(C):
-            with m.If(cap_v & cap_oh[k]):
-                m.d.sync += vec[k].eq(rd)
+            with m.If(cap_en[k]):
+                m.d.sync += vec[k].eq(rd[k])
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.done.eq(1)

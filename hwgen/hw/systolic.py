@@ -361,12 +361,15 @@ class SystolicArray(wiring.Component):
         ``ch + c`` at output pixel ``pix``, one pixel row per beat; no ready: a beat is
         taken the cycle it is valid.
     o_allow : In(1)
-        Credit from the consumer: a row leaves in cycle ``t + 2`` only if ``o_allow`` was
-        high in cycle ``t`` (:class:`hwgen.hw.credit.CreditFifo` with ``lag=2`` counting
-        ``o_stream.valid``).
+        Credit from the consumer: a row leaves in cycle ``t + ALLOW_LAG`` only if
+        ``o_allow`` was high in cycle ``t`` (:class:`hwgen.hw.credit.CreditFifo` with
+        ``lag=ALLOW_LAG`` counting ``o_stream.valid``). ``o_allow`` is registered on
+        entry (the FIFO may sit far away).
     busy : Out(1)
         A tile is loaded, in flight or draining.
     """
+
+    ALLOW_LAG = 3      # o_allow to the row leaving (o_stream.valid), in cycles
 
     def __init__(self, params: SystolicParams):
         if not isinstance(params, SystolicParams):
@@ -686,12 +689,13 @@ class SystolicArray(wiring.Component):
         # ---- drain: shadow row 0 -> o_stream ----------------------------------------------
         sh_ch = Signal(p.ch_bits)
         sh_pix = Signal(ceil_log2(p.max_pixels + 1))
-        # no backpressure: a row leaves in a cycle when the consumer allowed it the cycle
-        # before (o_allow, a credit: see hwgen.hw.credit); the output register loads every
-        # cycle (no enable), o_stream.valid marks the cycles that carry a row
+        # no backpressure: a row leaves in a cycle when the consumer allowed it
+        # ALLOW_LAG cycles before (o_allow, a credit: see hwgen.hw.credit); the output
+        # register loads every cycle (no enable), o_stream.valid marks the cycles that
+        # carry a row
         o = self.o_stream
-        allow_r = Signal()
-        m.d.sync += allow_r.eq(self.o_allow)
+        allow_in, allow_r = Signal(), Signal()     # o_allow one and two cycles late
+        m.d.sync += [allow_in.eq(self.o_allow), allow_r.eq(allow_in)]
         o_valid, o_data, in_data = Signal(), Signal(p.out_layout), Signal(p.out_layout)
         m.d.comb += [o.valid.eq(o_valid), o.payload.eq(o_data)]
         dly_l = Signal(flag_layout)      # the flags of the stage the shadow loads in
@@ -717,10 +721,10 @@ class SystolicArray(wiring.Component):
             m.d.sync += [sh_pix.eq(sh_pix + 1), therm.eq(therm[1:])]
         # the shadow shifts up one row per drained row: row 0 is always the next one (no
         # wide row multiplexer); row r shifts when `move & (sh_rows > r)`, computed one
-        # cycle ahead (from o_allow and the next sh_rows) into a register per row: short,
+        # cycle ahead (from allow_in and the next sh_rows) into a register per row: short,
         # local enable nets instead of one wide one
         # (sh_rows_n > r for the next sh_rows_n, from the thermometer codes)
-        m.d.comb += [row_shift_d[r].eq(self.o_allow & Mux(load, tl[r], Mux(move, therm[r + 1],
+        m.d.comb += [row_shift_d[r].eq(allow_in & Mux(load, tl[r], Mux(move, therm[r + 1],
                                                                          therm[r])))
                      for r in range(R)]
         m.d.comb += [in_data.acc[c].eq(shadow[0][c]) for c in range(C)]
@@ -889,7 +893,7 @@ class SystolicConv(wiring.Component):
             wiring.connect(m, wiring.flipped(getattr(self, name)), getattr(sa, name))
         wiring.connect(m, wiring.flipped(self.param), rq.param)
         out = self.o_stream.payload.shape()
-        m.submodules.out = cf = CreditFifo(out, self.FIFO_DEPTH, lag=2)
+        m.submodules.out = cf = CreditFifo(out, self.FIFO_DEPTH, lag=SystolicArray.ALLOW_LAG)
         m.d.comb += [sa.cfg.eq(self.cfg), self.busy.eq(sa.busy | cf.busy),
                      rq.zero_point.eq(self.zero_point), rq.lo.eq(self.lo), rq.hi.eq(self.hi)]
         # array -> requantiser -> output FIFO with no backpressure anywhere on the way: the
