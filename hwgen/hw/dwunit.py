@@ -65,6 +65,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
+from .bram import registered_write
 from .dsp import Mult18
 from .layer_io import DESC
 from .requant import Requantizer, RequantParams
@@ -276,11 +277,10 @@ class DwUnit(wiring.Component):
         # the requantiser's parameter write goes through registers (the channel store's
         # output may be far from the ring's distributed RAM): its slot is written a cycle
         # later, still long before the requantiser reads it
-        pw_en, pw_addr, pw_m, pw_e = Signal(), Signal(2), Signal(24), Signal(6)
-        m.d.sync += [pw_en.eq(0), pw_addr.eq(li1[:2]), pw_m.eq(self.c_data[32:56]),
-                     pw_e.eq(self.c_data[56:62])]
+        p_en = Signal()
+        pw_addr, pw_data, pw_en = registered_write(m, li1[:2], self.c_data[32:62], p_en)
         m.d.comb += [rq.param.en.eq(pw_en), rq.param.addr.eq(pw_addr),
-                     rq.param.data.m.eq(pw_m), rq.param.data.e.eq(pw_e)]
+                     rq.param.data.as_value().eq(pw_data)]
         with m.If(lv1):
             with m.Switch(lk1):
                 for t in range(9):
@@ -290,7 +290,7 @@ class DwUnit(wiring.Component):
                         with m.Else():
                             m.d.sync += wset[0][t].eq(self.t_data)
             with m.If(lk1 == 8):
-                m.d.sync += pw_en.eq(1)
+                m.d.comb += p_en.eq(1)
                 with m.If(li1[0]):
                     m.d.sync += bset[1].eq(self.c_data[:32])
                 with m.Else():
