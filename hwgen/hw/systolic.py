@@ -521,8 +521,6 @@ class SystolicArray(wiring.Component):
         rdy_base = Signal()
         m.d.comb += w.ready.eq(rdy_base & ~(k_first & ~bias_ok))
         issue = w.valid & w.ready
-        with m.If(issue & k_first):
-            m.d.sync += bias_used.eq(1)
         # the read address reaches each row's RAMs through a register of that row's own
         # (kept apart on ECP5), so the RAM data arrive one stage later (stage s2x below)
         rd_addr = []
@@ -535,24 +533,21 @@ class SystolicArray(wiring.Component):
         # decision (its flags set the selects of j's and jbase's multiplexers only)
         j_p1 = Signal(range(p.max_k + 1), init=1)
         jbase_p1 = Signal(range(p.max_k + 1), init=1)
+        # (r_fresh, rd_bank, k_first, is_last, pending, bias_used and full take their next
+        # values n_* below, which also set rdy_base)
         with m.If(r_fresh & have):
-            m.d.sync += [r_fresh.eq(0), k_rem.eq(cfg.k - 1), ot_rem.eq(cfg.otiles - 1),
-                         g_rem.eq(cfg.groups - 1), k_first.eq(1),
+            m.d.sync += [k_rem.eq(cfg.k - 1), ot_rem.eq(cfg.otiles - 1),
+                         g_rem.eq(cfg.groups - 1),
                          j.eq(0), jbase.eq(0), j_p1.eq(1), jbase_p1.eq(1),
-                         is_last.eq(k1),
                          ot_z.eq(cfg.otiles == 1), g_z.eq(cfg.groups == 1)]
         with m.If(issue):
-            m.d.sync += k_first.eq(is_last)
             with m.If(is_last):
-                m.d.sync += [k_rem.eq(cfg.k - 1), j.eq(jbase), j_p1.eq(jbase_p1),
-                             pending.eq(1), is_last.eq(k1)]
+                m.d.sync += [k_rem.eq(cfg.k - 1), j.eq(jbase), j_p1.eq(jbase_p1)]
                 with m.If(ot_z):
                     m.d.sync += [ot_rem.eq(cfg.otiles - 1), ot_z.eq(cfg.otiles == 1)]
                     with m.If(g_z):
                         m.d.sync += [g_rem.eq(cfg.groups - 1), g_z.eq(cfg.groups == 1),
-                                     jbase.eq(0), j.eq(0), jbase_p1.eq(1), j_p1.eq(1),
-                                     rd_bank.eq(~rd_bank),
-                                     r_fresh.eq(Mux(rd_bank, bank_last[1], bank_last[0]))]
+                                     jbase.eq(0), j.eq(0), jbase_p1.eq(1), j_p1.eq(1)]
                     with m.Else():
                         m.d.sync += [g_rem.eq(g_rem - 1), g_z.eq(g_rem == 1),
                                      jbase.eq(j_p1), j.eq(j_p1),
@@ -560,17 +555,11 @@ class SystolicArray(wiring.Component):
                 with m.Else():
                     m.d.sync += [ot_rem.eq(ot_rem - 1), ot_z.eq(ot_rem == 1)]
             with m.Else():
-                m.d.sync += [k_rem.eq(k_rem - 1), j.eq(j_p1), j_p1.eq(j_p1 + 1),
-                             is_last.eq(k_rem == 1)]
+                m.d.sync += [k_rem.eq(k_rem - 1), j.eq(j_p1), j_p1.eq(j_p1 + 1)]
 
         # a bank counts as full once its last write has landed (a cycle after the beat)
         tl_r, tl_bank = Signal(), Signal()
         m.d.sync += [tl_r.eq(tile_loaded), tl_bank.eq(wr_bank)]
-        for b in (0, 1):
-            with m.If(tl_r & (tl_bank == b)):
-                m.d.sync += full[b].eq(1)
-            with m.Elif(issue & tile_end & (rd_bank == b)):
-                m.d.sync += full[b].eq(0)
 
         # ---- stages 1, 2: RAM read (output register); stage 3: x - x_zp -------------------
         flag_layout = data.StructLayout({"valid": 1, "first": 1, "last": 1,
@@ -712,8 +701,6 @@ class SystolicArray(wiring.Component):
         # registered ready), and only then may the next tile's first beat issue
         consumed = Signal()
         m.d.sync += consumed.eq(dly.valid & dly.first)
-        with m.If(consumed):
-            m.d.sync += bias_used.eq(0)
         m.d.comb += bs.ready.eq(consumed)
         with m.If(load):
             m.d.sync += [sh_ch.eq(dly_l.ch), sh_pix.eq(dly_l.pix), therm.eq(tl)]
@@ -730,12 +717,10 @@ class SystolicArray(wiring.Component):
         m.d.comb += [in_data.acc[c].eq(shadow[0][c]) for c in range(C)]
         m.d.comb += [in_data.ch.eq(sh_ch), in_data.pix.eq(sh_pix)]
         m.d.sync += [o_valid.eq(move), o_data.eq(in_data)]
-        with m.If(move & ~therm[1]):     # the last row leaves
-            m.d.sync += pending.eq(0)
 
-        # rdy_base of the next cycle from the next values of its terms (mirrors the
-        # assignments above: with r_fresh & have no beat issues, consumed wins over a new
-        # first beat, the drain's end and a last beat's issue never meet)
+        # the next values of the issue's flags, and rdy_base (ready's register) from them
+        # (with r_fresh & have no beat issues; consumed wins over a new first beat; the last
+        # row leaving, move & ~therm[1], clears pending)
         fresh_go = r_fresh & have
         t_end = issue & tile_end
         n_bias_used = Mux(consumed, 0, Mux(issue & k_first, 1, bias_used))
@@ -748,6 +733,9 @@ class SystolicArray(wiring.Component):
         n_full = [Mux(tl_r & (tl_bank == b), 1, Mux(t_end & (rd_bank == b), 0, full[b]))
                   for b in (0, 1)]
         n_have = Mux(n_rd_bank, n_full[1], n_full[0])
+        m.d.sync += [bias_used.eq(n_bias_used), k_first.eq(n_k_first), is_last.eq(n_is_last),
+                     pending.eq(n_pending), r_fresh.eq(n_r_fresh), rd_bank.eq(n_rd_bank),
+                     full[0].eq(n_full[0]), full[1].eq(n_full[1])]
         m.d.sync += rdy_base.eq(n_have & ~n_r_fresh & ~(n_is_last & n_pending)
                                 & ~(n_k_first & n_bias_used))
 
