@@ -26,7 +26,7 @@ from amaranth.utils import ceil_log2
 from .dsp import use_primitive_for
 
 __all__ = ["BlockRam", "LUTRAM_MAX_DEPTH", "dp16kd_geometry", "initvals", "kept_reg",
-           "registered_write"]
+           "registered_write", "kept_tree", "kept_tree_latency"]
 
 #: Inferred memories this shallow go to distributed (LUT) RAM, not a block (yosys'
 #: memory_libmap on ECP5); hardware that chooses between the two uses the same limit as
@@ -337,6 +337,22 @@ def kept_reg(m, value, name: str, primitive: bool):
     q = Signal(len(value), name=name)
     m.d.sync += q.eq(value)
     return q
+
+
+def kept_tree(m, value, n: int, name: str, primitive: bool, fan: int = 4) -> list:
+    """``n`` registered copies of ``value`` for sinks spread over the die, through a tree
+    of :func:`kept_reg` copies with at most ``fan`` loads per register: ``value`` feeds
+    ``ceil(n / fan)`` group copies, each its ``fan`` leaf copies (one level, and so one
+    cycle, when ``n <= fan``). Returns the leaves; their latency is :func:`kept_tree_latency`."""
+    if n <= fan:
+        return [kept_reg(m, value, f"{name}{i}", primitive) for i in range(n)]
+    groups = [kept_reg(m, value, f"{name}g{g}", primitive) for g in range(-(-n // fan))]
+    return [kept_reg(m, groups[i // fan], f"{name}{i}", primitive) for i in range(n)]
+
+
+def kept_tree_latency(n: int, fan: int = 4) -> int:
+    """Cycles from ``value`` to the leaves of :func:`kept_tree`."""
+    return 1 if n <= fan else 2
 
 
 def _kept_reg(m, value, en, name):

@@ -44,7 +44,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from hwgen.golden import arith
-from hwgen.hw.bram import LUTRAM_MAX_DEPTH, BlockRam, kept_reg
+from hwgen.hw.bram import LUTRAM_MAX_DEPTH, BlockRam, kept_reg, kept_tree
 from hwgen.hw.dsp import UMul, use_primitive_for
 from hwgen.hw.pipe import Pipe
 
@@ -140,8 +140,9 @@ class Requantizer(wiring.Component):
         (they apply from the next cycle on).
     param : In(wiring.Signature({"en", "addr", "data": PARAM_LAYOUT}))
         Write port of the per-channel parameter memory (words from :func:`encode_scales`);
-        with block-RAM tables (more than ``LUTRAM_MAX_DEPTH`` channels) a write lands a
-        cycle after ``en`` (each lane's table takes it through registers of its own).
+        with block-RAM tables (more than ``LUTRAM_MAX_DEPTH`` channels) a write lands
+        ``kept_tree_latency(lanes)`` cycles after ``en`` (one up to four lanes, two above:
+        each lane's table takes it through registers of its own, fed by a tree of copies).
     """
 
     LATENCY = 19
@@ -177,16 +178,18 @@ class Requantizer(wiring.Component):
         # distributed RAM, not a whole block.
         block = p.channels > LUTRAM_MAX_DEPTH
 
+        # the lanes' block RAMs sit anywhere on the die: each takes its write from registers
+        # of its own (kept apart on ECP5), fed through a tree of copies (four loads each)
+        w_all = Cat(self.param.en, self.param.addr, self.param.data)
+        w_lanes = (kept_tree(m, w_all, p.lanes, "pw", use_primitive_for(platform, p.use_primitive))
+                   if block else [w_all] * p.lanes)
+
         def lane_mem(lane):
             mem = BlockRam(PARAM_LAYOUT.size, p.channels,
                            use_primitive=p.use_primitive if block else False,
                            name=f"params{lane}")
             m.submodules[f"params{lane}"] = mem
-            w = Cat(self.param.en, self.param.addr, self.param.data)
-            if block:
-                # the lanes' block RAMs sit anywhere on the die: each takes its write from
-                # registers of its own (kept apart on ECP5), a cycle later
-                w = kept_reg(m, w, f"pw{lane}", use_primitive_for(platform, p.use_primitive))
+            w = w_lanes[lane]
             na = len(self.param.addr)
             m.d.comb += [mem.w_en.eq(w[0]), mem.w_addr.eq(w[1:1 + na]),
                          mem.w_data.eq(w[1 + na:])]
