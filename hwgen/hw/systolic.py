@@ -710,9 +710,11 @@ class SystolicArray(wiring.Component):
         # wide row multiplexer); row r shifts when `move & (sh_rows > r)`, computed one
         # cycle ahead (from allow_in and the next sh_rows) into a register per row: short,
         # local enable nets instead of one wide one
-        # (sh_rows_n > r for the next sh_rows_n, from the thermometer codes)
-        m.d.comb += [row_shift_d[r].eq(allow_in & Mux(load, tl[r], Mux(move, therm[r + 1],
-                                                                         therm[r])))
+        # (sh_rows_n > r for the next sh_rows_n, from the thermometer codes: without a load
+        # it is therm[r + 1] | therm[r] & ~allow_r, as therm[r] implies therm[0], so
+        # Mux(move, therm[r + 1], therm[r]) in six inputs, one slice, not two LUT levels)
+        m.d.comb += [row_shift_d[r].eq(allow_in & Mux(load, tl[r],
+                                                      therm[r + 1] | (therm[r] & ~allow_r)))
                      for r in range(R)]
         m.d.comb += [in_data.acc[c].eq(shadow[0][c]) for c in range(C)]
         m.d.comb += [in_data.ch.eq(sh_ch), in_data.pix.eq(sh_pix)]
