@@ -11,7 +11,9 @@ progress and its time, and each tool's output stays in the folder (``yosys.log``
 
 nextpnr runs with ``--timing-allow-fail --report top.report.json``: the Fmax and the
 utilisation come from that report, and a design that misses its clock is reported as such
-(``timing_met``); with ``retries`` the build is repeated at a lower PLL clock.
+(``timing_met``). On a miss, ``pnr_seeds`` places and routes the same netlist again with
+the next seeds at the asked clock (placements differ by several MHz), then ``retries``
+rebuilds the design at a lower PLL clock.
 """
 from __future__ import annotations
 
@@ -58,9 +60,10 @@ class BuildResult:
     resources: dict = field(default_factory=dict)
     stage_seconds: dict = field(default_factory=dict)
     logs: dict = field(default_factory=dict)
-    attempts: list = field(default_factory=list)   # earlier attempts: clock, fmax, timing_met
+    attempts: list = field(default_factory=list)   # earlier attempts: clock, seed, fmax, ...
     pnr_seed: int | None = None      # nextpnr's placement seed (None: synthesis only)
     pnr_placer: str | None = None    # nextpnr's placer (None: synthesis only)
+    _plan: list | None = field(default=None, repr=False)   # the tool commands (for a re-place)
 
     @property
     def build_seconds(self) -> float:
@@ -69,8 +72,23 @@ class BuildResult:
 
     @property
     def total_seconds(self) -> float:
-        """Seconds of every attempt (retries at a lower clock included)."""
+        """Seconds of every attempt (other seeds and lower clocks included)."""
         return self.build_seconds + sum(sum(a["stage_seconds"].values()) for a in self.attempts)
+
+    @property
+    def total_stage_seconds(self) -> dict:
+        """Seconds per stage summed over every attempt (they add up to total_seconds)."""
+        tot: dict = {}
+        for st in [a["stage_seconds"] for a in self.attempts] + [self.stage_seconds]:
+            for k, v in st.items():
+                tot[k] = tot.get(k, 0.0) + v
+        return tot
+
+    def attempt_record(self) -> dict:
+        """This attempt as an entry of a later result's ``attempts``."""
+        return {"clock_mhz": self.clock_mhz, "pnr_seed": self.pnr_seed,
+                "fmax_mhz": self.fmax_mhz, "timing_met": self.timing_met,
+                "stage_seconds": dict(self.stage_seconds)}
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -78,6 +96,8 @@ class BuildResult:
             d[k] = None if d[k] is None else str(d[k])
         d["build_seconds"] = self.build_seconds
         d["total_seconds"] = self.total_seconds
+        d["total_stage_seconds"] = self.total_stage_seconds
+        d.pop("_plan", None)
         return d
 
 
@@ -184,8 +204,8 @@ def _synth_resources(outdir: Path, board: Board) -> dict:
 def build_bitstream(top, board: Board | str, clock_mhz: float, outdir, *,
                     progress: Callable[[str, str], None] | None = None,
                     synth_only: bool = False, retries: int = 0, floor_mhz: float = 25.0,
-                    seed: int = 1, placer: str = DEFAULT_PLACER, env: dict | None = None,
-                    timeout: float = 3600.0) -> BuildResult:
+                    seed: int = 1, placer: str = DEFAULT_PLACER, pnr_seeds: int = 1,
+                    env: dict | None = None, timeout: float = 3600.0) -> BuildResult:
     """Synthesise, place and route, and pack a design for a ULX3S.
 
     Parameters
@@ -201,6 +221,8 @@ def build_bitstream(top, board: Board | str, clock_mhz: float, outdir, *,
     synth_only: stop after yosys (resources from its cell counts; no Fmax, no bitstream).
     retries: on a timing failure, rebuild up to this many times at :func:`next_clock`.
     seed, placer: nextpnr's placement seed and placer (:data:`PLACERS`).
+    pnr_seeds: at the asked clock, place and route with up to this many seeds (``seed``,
+        ``seed + 1``, ...; the synthesised netlist is reused) before a retry at a lower clock.
     env: tool environment (default :func:`hwgen.tools.tool_env`).
 
     Raises :class:`hwgen.synth.ToolError` when a tool fails (message: step, log, last lines).
@@ -210,18 +232,32 @@ def build_bitstream(top, board: Board | str, clock_mhz: float, outdir, *,
     outdir.mkdir(parents=True, exist_ok=True)
     env = dict(tools.tool_env() if env is None else env)
     say = progress or (lambda stage, msg: None)
+    if pnr_seeds < 1:
+        raise ValueError(f"pnr_seeds must be at least 1, got {pnr_seeds}")
     if retries and not callable(top):
         raise ValueError("build_bitstream(retries=...) needs `top` as a callable "
                          "clock_mhz -> design, to rebuild it at a lower clock")
     attempts: list = []
     clock = clock_mhz
     design = top(clock) if callable(top) and not hasattr(top, "elaborate") else top
+    clock_retries = 0
     while True:
         res = _build_once(design, b, clock, outdir, say, synth_only, seed, placer, env, timeout)
+        best = res.fmax_mhz
+        # other seeds, same netlist, at the asked clock only (a lower clock is a new netlist)
+        for k in range(1, pnr_seeds if clock_retries == 0 else 1):
+            if synth_only or res.timing_met:
+                break
+            say("retry", f"timing not met at {clock:g} MHz with seed {res.pnr_seed} (Fmax "
+                         f"{res.fmax_mhz:.1f} MHz): placing and routing again with seed {seed + k}")
+            attempts.append(res.attempt_record())
+            _keep_attempt(outdir, len(attempts), ("top.tim", "top.report.json", "nextpnr.log"))
+            res = _place_again(res, b, seed + k, outdir, say, env, timeout)
+            best = max(best or 0.0, res.fmax_mhz or 0.0) or None
         res.attempts = attempts
-        if synth_only or res.timing_met or len(attempts) >= retries:
+        if synth_only or res.timing_met or clock_retries >= retries:
             break
-        lower = next_clock(clock, res.fmax_mhz, floor_mhz)
+        lower = next_clock(clock, best, floor_mhz)
         # the design may refuse a clock (the UART needs a clock close to a multiple of its
         # baud rate): step down by 0.5 MHz to the next clock it accepts
         while lower is not None:
@@ -232,19 +268,73 @@ def build_bitstream(top, board: Board | str, clock_mhz: float, outdir, *,
                 lower = lower - 0.5 if lower - 0.5 >= floor_mhz else None
         if lower is None:
             break
-        say("retry", f"timing not met at {clock:g} MHz (Fmax {res.fmax_mhz:.1f} MHz): "
+        say("retry", f"timing not met at {clock:g} MHz (Fmax {best:.1f} MHz): "
                      f"retrying at {lower:g} MHz")
-        attempts.append({"clock_mhz": clock, "fmax_mhz": res.fmax_mhz, "timing_met": False,
-                         "stage_seconds": dict(res.stage_seconds)})
+        attempts.append(res.attempt_record())
         # keep this attempt's timing report and logs: the retry writes the same names
-        n = len(attempts)
-        for name in ("top.tim", "top.report.json", "top.rpt", "nextpnr.log", "yosys.log"):
-            if (outdir / name).exists():
-                (outdir / name).replace(outdir / f"attempt{n}.{name}")
+        _keep_attempt(outdir, len(attempts),
+                      ("top.tim", "top.report.json", "top.rpt", "nextpnr.log", "yosys.log"))
+        clock_retries += 1
         clock = lower
     (outdir / "build.json").write_text(json.dumps(res.to_dict(), indent=2, default=str))
     say("done", f"{'synthesis' if synth_only else 'build'} finished in {res.build_seconds:.1f} s")
     return res
+
+
+def _keep_attempt(outdir: Path, n: int, names) -> None:
+    """Rename an attempt's reports and logs to ``attempt{n}.NAME`` (the next writes NAME)."""
+    for name in names:
+        if (outdir / name).exists():
+            (outdir / name).replace(outdir / f"attempt{n}.{name}")
+
+
+def _with_seed(args: list[str], seed: int) -> list[str]:
+    """nextpnr's command line with ``--seed`` set to ``seed``."""
+    args = list(args)
+    i = args.index("--seed")
+    args[i + 1] = str(seed)
+    return args
+
+
+def _place_again(prev: BuildResult, b: Board, seed: int, outdir: Path, say, env: dict,
+                 timeout: float) -> BuildResult:
+    """Place, route and pack ``prev``'s synthesised netlist (top.json) again with ``seed``."""
+    res = BuildResult(outdir=outdir, board=b.name, clock_mhz=prev.clock_mhz,
+                      pll_mhz=prev.pll_mhz, synth_only=False, pnr_seed=seed,
+                      pnr_placer=prev.pnr_placer, _plan=prev._plan)
+    res.logs = {k: v for k, v in prev.logs.items() if k == "yosys"}
+    for stale in ("top.bit", "top.svf", "top.report.json"):
+        (outdir / stale).unlink(missing_ok=True)
+    for (tool, args), (_, var, stage) in zip(prev._plan, STAGES):
+        if stage == "synth":
+            continue
+        _run_stage(res, tool, var, _with_seed(args, seed) if stage == "pnr" else args,
+                   stage, outdir, say, env, timeout)
+    _check_bitstream(res, outdir)
+    return res
+
+
+def _run_stage(res: BuildResult, tool: str, var: str, args: list[str], stage: str,
+               outdir: Path, say, env: dict, timeout: float) -> None:
+    """Run a place-and-route or pack stage, with its progress, time and results in ``res``."""
+    say(stage, f"running {tool}")
+    t = time.monotonic()
+    res.logs[tool] = _run_tool(tool, var, args, outdir, env, timeout)
+    res.stage_seconds[stage] = time.monotonic() - t
+    say(stage, f"{tool} done in {res.stage_seconds[stage]:.1f} s")
+    if stage == "pnr":
+        rep = parse_nextpnr_report(outdir / "top.report.json")
+        res.fmax_mhz, res.timing_met = rep["fmax_mhz"], rep["timing_met"]
+        res.resources = rep["resources"]
+        met = "met" if res.timing_met else "NOT met"
+        say(stage, f"Fmax {res.fmax_mhz:.1f} MHz for {res.pll_mhz or res.clock_mhz:.1f} MHz: "
+                   f"timing {met}")
+
+
+def _check_bitstream(res: BuildResult, outdir: Path) -> None:
+    res.bitstream, res.svf = outdir / "top.bit", outdir / "top.svf"
+    if not res.bitstream.exists():
+        raise ToolError(f"ecppack produced no bitstream in {outdir}")
 
 
 def _build_once(design, b: Board, clock: float, outdir: Path, say, synth_only: bool, seed: int,
@@ -275,33 +365,26 @@ def _build_once(design, b: Board, clock: float, outdir: Path, say, synth_only: b
         (outdir / stale).unlink(missing_ok=True)
     plan = make_plan(False)
     res.stage_seconds["prepare"] = time.monotonic() - t0
-    for (tool, args), (_, var, stage) in zip(_plan_commands(plan.files["build_top.sh"]), STAGES):
-        if synth_only and stage != "synth":
-            break
-        say(stage, f"running {tool}")
-        t = time.monotonic()
-        try:
-            res.logs[tool] = _run_tool(tool, var, args, outdir, env, timeout)
-        except ToolError:
-            logs = [outdir / "yosys.log", outdir / "top.rpt"]
-            text = "\n".join(p.read_text(errors="replace") for p in logs if p.exists())
-            if stage != "synth" or not abc9_crashed(text):
-                raise
-            say(stage, "yosys' ABC9 LUT mapper crashed; re-running synthesis with the classic ABC mapper")
-            plan = make_plan(True)
-            res.logs[tool] = _run_tool(tool, var, args, outdir, env, timeout)
-        res.stage_seconds[stage] = time.monotonic() - t
-        say(stage, f"{tool} done in {res.stage_seconds[stage]:.1f} s")
-        if stage == "synth":
-            res.resources = _synth_resources(outdir, b)
-        elif stage == "pnr":
-            rep = parse_nextpnr_report(outdir / "top.report.json")
-            res.fmax_mhz, res.timing_met = rep["fmax_mhz"], rep["timing_met"]
-            res.resources = rep["resources"]
-            met = "met" if res.timing_met else "NOT met"
-            say(stage, f"Fmax {res.fmax_mhz:.1f} MHz for {pll or clock:.1f} MHz: timing {met}")
-    if not synth_only:
-        res.bitstream, res.svf = outdir / "top.bit", outdir / "top.svf"
-        if not res.bitstream.exists():
-            raise ToolError(f"ecppack produced no bitstream in {outdir}")
+    res._plan = _plan_commands(plan.files["build_top.sh"])
+    (tool, args), (_, var, stage) = res._plan[0], STAGES[0]      # yosys
+    say(stage, f"running {tool}")
+    t = time.monotonic()
+    try:
+        res.logs[tool] = _run_tool(tool, var, args, outdir, env, timeout)
+    except ToolError:
+        logs = [outdir / "yosys.log", outdir / "top.rpt"]
+        text = "\n".join(p.read_text(errors="replace") for p in logs if p.exists())
+        if not abc9_crashed(text):
+            raise
+        say(stage, "yosys' ABC9 LUT mapper crashed; re-running synthesis with the classic ABC mapper")
+        make_plan(True)           # rewrites top.ys; the command lines stay the same
+        res.logs[tool] = _run_tool(tool, var, args, outdir, env, timeout)
+    res.stage_seconds[stage] = time.monotonic() - t
+    say(stage, f"{tool} done in {res.stage_seconds[stage]:.1f} s")
+    res.resources = _synth_resources(outdir, b)
+    if synth_only:
+        return res
+    for (tool, args), (_, var, stage) in zip(res._plan[1:], STAGES[1:]):
+        _run_stage(res, tool, var, args, stage, outdir, say, env, timeout)
+    _check_bitstream(res, outdir)
     return res

@@ -15,6 +15,16 @@ class UserError(Exception):
     """A problem with the user's input: printed as one line, exit status 2."""
 
 
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return v
+
+
 def _model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model options (zoo models; ignored for .onnx files)")
     g.add_argument("--resolution", type=int, help="input height = width (default: the paper's)")
@@ -127,6 +137,7 @@ def cmd_build(args):
     r = flow.build(args.model, board=args.board, device=args.device, clock_mhz=args.clock,
                    out=args.out, allow_timing_fail=args.allow_timing_fail,
                    synth_only=args.synth_only, pnr_seed=args.pnr_seed, placer=args.placer,
+                   pnr_seeds=args.pnr_seeds,
                    progress=_progress,
                    **_model_opts(args))
     if args.json:
@@ -251,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--synth-only", action="store_true", help="stop after synthesis (resource check; no bitstream)")
     s.add_argument("--pnr-seed", type=int, default=1, metavar="N",
                    help="nextpnr's placement seed (default 1); placements differ by several MHz")
+    s.add_argument("--pnr-seeds", type=_positive_int, default=2, metavar="K",
+                   help="on a timing miss, place and route again with the next seeds (N+1, ...) "
+                        "at the asked clock, up to K seeds in all, before retrying at a lower "
+                        "clock (default 2; 1: no other seed)")
     s.add_argument("--placer", choices=PLACERS, default=DEFAULT_PLACER,
                    help=f"nextpnr's placer (default {DEFAULT_PLACER}: less routing congestion, "
                         "faster routing than heap on large designs)")

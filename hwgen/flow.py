@@ -217,7 +217,7 @@ def _model_record(model: str, opts: dict) -> dict:
 def build(model: str, board: str = "ulx3s", device: str | None = None, clock_mhz: float = 100.0,
           out: str | Path = "build", allow_timing_fail: bool = False, synth_only: bool = False,
           retries: int = 2, progress=None, pnr_seed: int = 1, placer: str | None = None,
-          **opts) -> dict:
+          pnr_seeds: int = 2, **opts) -> dict:
     """quantize -> map (fit check before any synthesis) -> generate -> synth -> PnR -> pack.
 
     Writes into ``out``: program.bin, weights.bin, layers.json, model.json, top.bit, top.svf,
@@ -241,7 +241,7 @@ def build(model: str, board: str = "ulx3s", device: str | None = None, clock_mhz
     say("map", f"{p.engines.describe()}; {p.cycles:,} cycles estimated by the mapper")
     res = build_bitstream(lambda mhz: ULX3STop(Accelerator(p), mhz), b, clock_mhz, outdir,
                           progress=say, synth_only=synth_only, retries=0 if synth_only else retries,
-                          seed=pnr_seed, placer=placer or DEFAULT_PLACER)
+                          seed=pnr_seed, placer=placer or DEFAULT_PLACER, pnr_seeds=pnr_seeds)
     report = make_report(p, res.to_dict(), None, rec)
     write_reports(report, outdir)
     if not synth_only and res.timing_met is False and not allow_timing_fail:

@@ -53,7 +53,9 @@ def make_report(plan, build: dict | None, sim: dict | None, model: dict) -> dict
         "utilization": plan.macs / (cycles * plan.mac_units) if cycles else None,
         "inferences_per_second": (run_mhz * 1e6 / cycles) if (run_mhz and cycles) else None,
         "build_seconds": (build or {}).get("total_seconds"),
-        "stage_seconds": (build or {}).get("stage_seconds"),
+        "stage_seconds": (build or {}).get("total_stage_seconds"),
+        "attempts": [{k: a.get(k) for k in ("clock_mhz", "pnr_seed", "fmax_mhz", "timing_met")}
+                     for a in (build or {}).get("attempts") or []],
         "bit_exact": sim.get("bit_exact") if sim else None,
         "layers": layers,
     }
@@ -71,7 +73,12 @@ def _md(r: dict) -> str:
             f"MAC utilisation {f(r['utilization'], '{:.1%}')}, "
             f"inferences per second {f(r['inferences_per_second'])}",
             f"- build time {f(r['build_seconds'])} s "
-            + (", ".join(f"{k} {v:.1f} s" for k, v in (r['stage_seconds'] or {}).items())), "",
+            + (", ".join(f"{k} {v:.1f} s" for k, v in (r['stage_seconds'] or {}).items()))]
+    if r.get("attempts"):
+        out += ["- earlier attempts (timing not met): " + "; ".join(
+            f"{a['clock_mhz']:g} MHz, seed {a['pnr_seed']}: Fmax {f(a['fmax_mhz'])} MHz"
+            for a in r["attempts"])]
+    out += ["",
             "| resource | used | available | % | mapper's estimate |", "|---|---:|---:|---:|---:|"]
     for k, v in r["resources"].items():
         pct = 100 * v["used"] / v["available"] if v.get("available") else 0

@@ -104,8 +104,8 @@ def test_retry_at_lower_clock(tmp_path, monkeypatch):
                           progress=lambda s, msg: events.append((s, msg)))
     assert built == [("design@150.0", 150.0), ("design@127.0", 127.0)]
     assert res.timing_met and res.clock_mhz == 127.0
-    assert res.attempts == [{"clock_mhz": 150.0, "fmax_mhz": 131.4, "timing_met": False,
-                             "stage_seconds": {"pnr": 1.0}}]
+    assert res.attempts == [{"clock_mhz": 150.0, "pnr_seed": None, "fmax_mhz": 131.4,
+                             "timing_met": False, "stage_seconds": {"pnr": 1.0}}]
     assert ("retry", "timing not met at 150 MHz (Fmax 131.4 MHz): retrying at 127 MHz") in events
     assert res.build_seconds == 1.0 and res.total_seconds == 2.0
     assert res.to_dict()["total_seconds"] == 2.0
@@ -113,6 +113,70 @@ def test_retry_at_lower_clock(tmp_path, monkeypatch):
     built.clear()
     res = build_bitstream(lambda mhz: f"design@{mhz}", "ulx3s-85f", 150.0, tmp_path)
     assert built == [("design@150.0", 150.0)] and res.timing_met is False
+
+
+def _fake_tools(monkeypatch, fmax_by_seed, clock=100.0):
+    """Stub the three tools: yosys writes a cell count, nextpnr a report whose Fmax is
+    ``fmax_by_seed[(pll clock, --seed)]``, ecppack a bitstream. Returns the calls made."""
+    from boards import build as bb
+    calls = []
+
+    def fake_tool(tool, var, args, outdir, env, timeout):
+        if tool == "yosys":
+            (outdir / "top.stat").write_text("   42 LUT4\n")
+            (outdir / "top.rpt").write_text("synthesised\n")
+            calls.append(("yosys",))
+            return str(outdir / "top.rpt")
+        if tool == "nextpnr-ecp5":
+            seed = int(args[args.index("--seed") + 1])
+            lpf = (outdir / "top.lpf").read_text()
+            mhz = float(lpf.split('FREQUENCY NET "clk_out" ')[1].split()[0]) / 1e6
+            fmax = fmax_by_seed[(round(mhz, 1), seed)]
+            (outdir / "top.report.json").write_text(json.dumps(
+                {"fmax": {"clk_out": {"achieved": fmax, "constraint": mhz}},
+                 "utilization": {"TRELLIS_COMB": {"used": 42, "available": 83640}}}))
+            (outdir / "top.tim").write_text(f"seed {seed}\n")
+            calls.append(("nextpnr", round(mhz, 1), seed))
+            return str(outdir / "top.tim")
+        (outdir / "top.bit").write_bytes(b"bit")
+        (outdir / "top.svf").write_text("svf")
+        calls.append(("ecppack",))
+        return str(outdir / "ecppack.log")
+    monkeypatch.setattr(bb, "_run_tool", fake_tool)
+    return calls
+
+
+def test_other_seeds_before_a_lower_clock(tmp_path, monkeypatch):
+    """A timing miss at the asked clock places and routes the same netlist again (no new
+    synthesis) with the next seeds, keeping each attempt's report; only when every seed
+    misses does the build go to a lower clock, from the best seed's Fmax."""
+    calls = _fake_tools(monkeypatch, {(100.0, 3): 92.0, (100.0, 4): 101.5})
+    events = []
+    res = build_bitstream(_top, "ulx3s-85f", 100.0, tmp_path, seed=3, pnr_seeds=3, retries=2,
+                          progress=lambda s, msg: events.append((s, msg)))
+    assert calls == [("yosys",), ("nextpnr", 100.0, 3), ("ecppack",),
+                     ("nextpnr", 100.0, 4), ("ecppack",)]
+    assert res.timing_met and res.pnr_seed == 4 and res.fmax_mhz == 101.5
+    assert res.clock_mhz == 100.0 and res.bitstream.read_bytes() == b"bit"
+    assert [(a["pnr_seed"], a["fmax_mhz"]) for a in res.attempts] == [(3, 92.0)]
+    assert ("retry", "timing not met at 100 MHz with seed 3 (Fmax 92.0 MHz): placing and "
+                     "routing again with seed 4") in events
+    assert (tmp_path / "attempt1.top.tim").read_text() == "seed 3\n"
+    assert (tmp_path / "top.tim").read_text() == "seed 4\n"
+    assert res.logs["yosys"] == str(tmp_path / "top.rpt")      # the reused synthesis
+    assert set(res.stage_seconds) == {"pnr", "pack"}          # this attempt: no synthesis
+    assert set(res.total_stage_seconds) == {"prepare", "synth", "pnr", "pack"}
+    assert res.total_seconds == pytest.approx(sum(res.total_stage_seconds.values()))
+    # every seed misses: the lower clock comes from the best seed's Fmax (3 % under 94:
+    # 91 MHz asked, the PLL makes 90.6)
+    calls = _fake_tools(monkeypatch, {(100.0, 1): 90.0, (100.0, 2): 94.0, (90.6, 1): 93.0})
+    res = build_bitstream(_top, "ulx3s-85f", 100.0, tmp_path, pnr_seeds=2, retries=1)
+    assert [c for c in calls if c[0] == "nextpnr"] == [("nextpnr", 100.0, 1), ("nextpnr", 100.0, 2),
+                                                      ("nextpnr", 90.6, 1)]
+    assert res.timing_met and res.clock_mhz == 91.0
+    assert [(a["clock_mhz"], a["pnr_seed"]) for a in res.attempts] == [(100.0, 1), (100.0, 2)]
+    with pytest.raises(ValueError, match="pnr_seeds must be at least 1"):
+        build_bitstream(_top, "ulx3s-85f", 100.0, tmp_path, pnr_seeds=0)
 
 
 def test_abc9_crash_falls_back_to_classic_abc(tmp_path, monkeypatch):

@@ -119,3 +119,22 @@ def test_build_passes_the_placement_seed_to_nextpnr(tmp_path, monkeypatch, place
     script = (out / "build_top.sh").read_text()
     assert "--seed 7" in script and "--seed 1 " not in script
     assert f"--placer {placer or 'static'} " in script
+
+
+def test_build_pnr_seeds_reaches_the_flow_and_is_checked(monkeypatch, capsys):
+    """`--pnr-seeds K` goes to the flow (default 2); K < 1 is a usage error naming the option."""
+    from hwgen import flow
+    seen = {}
+
+    def fake_build(model, **kw):
+        seen.update(kw)
+        return {"bitstream": None}
+    monkeypatch.setattr(flow, "build", fake_build)
+    cli.main(["build", "mobilenet", "--alpha", "0.25", "--json"])
+    assert seen["pnr_seeds"] == 2
+    cli.main(["build", "mobilenet", "--alpha", "0.25", "--pnr-seeds", "4", "--json"])
+    assert seen["pnr_seeds"] == 4
+    with pytest.raises(SystemExit) as e:
+        cli.main(["build", "mobilenet", "--pnr-seeds", "0"])
+    assert e.value.code == 2
+    assert "--pnr-seeds: expected a whole number >= 1, got '0'" in capsys.readouterr().err
