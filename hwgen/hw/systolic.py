@@ -53,9 +53,10 @@ One beat (R*C MACs) per cycle while the current pixel tile is loaded and ``w_str
 valid. Loading a pixel tile takes ``nrows * ceil(groups*K/L)`` cycles and overlaps the
 previous tile's ``groups * otiles * K`` compute cycles, so the array is compute bound when
 ``otiles * L >= R`` (e.g. 64 -> 64 channels on 8 x 8 with L = 2). Latency from a tile's last
-beat to its first output beat: 11 cycles (activation RAM: a per-row address register, the
-RAM, its output register: 3, x - x_zp: 1, operand registers: 1, MULT18X18D: 3,
-accumulate: 1, shadow register: 1, output register: 1). The output has no
+beat to its first output beat: 11 cycles, 12 with more than 4 columns (activation RAM: a
+per-row address register, the RAM, its output register: 3, x - x_zp: 1, operand registers:
+1, or 2 through a tree of copies with more than 4 columns, MULT18X18D: 3, accumulate: 1,
+shadow register: 1, output register: 1). The output has no
 backpressure: the consumer hands out credits (``o_allow``, :class:`hwgen.hw.credit.CreditFifo`)
 and a row drains only with one, so no ready signal reaches the array's wide registers.
 A layer's first beat waits one extra cycle (cfg sampling).
@@ -74,7 +75,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .credit import CreditFifo
-from .bram import kept_reg, registered_write
+from .bram import kept_reg, kept_tree, kept_tree_latency, registered_write
 from .dsp import Mult18, use_primitive_for
 
 __all__ = ["SystolicParams", "SystolicLayer", "SystolicArray", "SystolicConv", "ByteRam",
@@ -619,29 +620,38 @@ class SystolicArray(wiring.Component):
                          s3_f[r].first.eq(s2.first & live), s3_f[r].load.eq(s2.last & live)]
 
         # ---- multipliers: Mult18, latency 3, each fed from operand registers of its own ----
-        # (one stage, kept apart on ECP5: a row's or column's multipliers sit in DSP sites
-        # spread over the die, a shared operand register would reach them all in one cycle)
+        # (kept apart on ECP5: a row's or column's multipliers sit in DSP sites spread over
+        # the die, a shared operand register would reach them all in one cycle). A row's
+        # activation reaches its C multipliers through a tree of copies (four loads each:
+        # TL stages); a column's weight reaches its R through TL - 1 plain stages and a copy
+        # per multiplier.
+        TL = kept_tree_latency(C)
+        w_src = s3_w
+        for i in range(TL - 1):
+            nxt = Signal(data.ArrayLayout(signed(8), C), name=f"s3_w_d{i}")
+            m.d.sync += nxt.eq(w_src)
+            w_src = nxt
         prods = [[None] * C for _ in range(R)]
         for r in range(R):
+            a_ops = kept_tree(m, s3_a[r].as_unsigned(), C, f"a_r{r}_c", prim)
             for c in range(C):
                 mul = Mult18(use_primitive=p.use_primitive)
                 m.submodules[f"mul_r{r}_c{c}"] = mul
-                a_op = kept_reg(m, s3_a[r].as_unsigned(), f"a_r{r}_c{c}", prim)
-                w_op = kept_reg(m, s3_w[c].as_unsigned(), f"w_r{r}_c{c}", prim)
-                m.d.comb += [mul.a.eq(a_op.as_signed()), mul.b.eq(w_op.as_signed())]
+                w_op = kept_reg(m, w_src[c].as_unsigned(), f"w_r{r}_c{c}", prim)
+                m.d.comb += [mul.a.eq(a_ops[c].as_signed()), mul.b.eq(w_op.as_signed())]
                 prods[r][c] = mul.p[:17].as_signed()   # 9 x 8 bit product: 17 bits
         dly = s3
-        for i in range(Mult18.LATENCY + 1):
+        for i in range(Mult18.LATENCY + TL):
             nxt = Signal(flag_layout, name=f"sm{i}")
             m.d.sync += nxt.eq(dly)
             dly = nxt
         row_dly, row_first = [], []
         for r in range(R):
             f = s3_f[r]
-            for i in range(Mult18.LATENCY + 1):
+            for i in range(Mult18.LATENCY + TL):
                 nxt = Signal(row_flags, name=f"sm{i}_r{r}")
                 m.d.sync += nxt.eq(f)
-                if i == Mult18.LATENCY:
+                if i == Mult18.LATENCY + TL - 1:
                     # the last stage's "first" selects the bias for C x 32 accumulator bits:
                     # a copy per column (kept apart on ECP5), 32 loads each
                     row_first.append(kept_reg(m, Cat(*[f.first] * C), f"first_r{r}", prim))

@@ -87,11 +87,11 @@ from __future__ import annotations
 from functools import lru_cache
 from math import ceil
 
-from ..hw.bram import LUTRAM_MAX_DEPTH, dp16kd_geometry  # LUT RAM up to that depth
+from ..hw.bram import LUTRAM_MAX_DEPTH, dp16kd_geometry, kept_tree_latency
 
 __all__ = [
     "dp16kd_for", "bram_blocks", "requant_param_blocks", "lutram_lut4", "seq_cycles",
-    "sa_layer_cycles", "sa_store_blocks", "dw_layer_cycles", "maxpool_cycles", "add_cycles", "avgpool_cycles",
+    "sa_layer_cycles", "sa_operand_stages", "sa_store_blocks", "dw_layer_cycles", "maxpool_cycles", "add_cycles", "avgpool_cycles",
     "avg_interval", "pool_extent",
     "SEQ_OVERHEAD", "SA_PIPE", "SA_DRAIN_GAP", "SA_BIAS_GAP", "DW_CH_OVERHEAD", "DW_LOADER_CYCLES",
     "DW_LATENCY", "MAXPOOL_EXTRA", "MAXPOOL_LATENCY", "ADD_LATENCY", "AVGPOOL_LATENCY",
@@ -112,11 +112,12 @@ SEQ_OVERHEAD = 13
 #: registers and pipeline (21), output FIFO, writer stages, placer (6), the registered
 #: writer-count compare and the credit loops, less what overlaps; fitted to the measured
 #: MobileNet 0.25/96 layers on its 4 x 12 array (pw8 13,419, pw14 18,255, fc 591, GAP 5,450,
-#: conv1 62,349 cycles: all within +-0.1 %).
+#: conv1 62,349 cycles: all within +-0.1 %), with one operand-register stage in front of the
+#: multipliers; an array of more than 4 columns has two (:func:`sa_operand_stages`).
 SA_PIPE = 62
 #: A step's last beat waits until the previous step's shadow bank has drained: the array's
-#: latency from a last beat to the shadow bank (10 cycles) plus one row per cycle
-#: (hw/systolic.py ``pending``).
+#: latency from a last beat to the shadow bank (10 cycles, with one operand-register stage)
+#: plus one row per cycle (hw/systolic.py ``pending``).
 SA_DRAIN_GAP = 10
 #: A step's bias vector: the bias feeder reads ``nv`` channel records, one per cycle, then
 #: the address and data registers, two cycles (SETTLE, OUT) and the handshake (BiasFeeder).
@@ -262,6 +263,13 @@ def seq_cycles(out_c: int) -> int:
     return out_c + SEQ_OVERHEAD
 
 
+def sa_operand_stages(cols: int) -> int:
+    """Register stages from the array's activation registers to its multipliers: a row's
+    activation reaches its ``cols`` multipliers through a tree of copies
+    (:func:`hwgen.hw.bram.kept_tree_latency`)."""
+    return kept_tree_latency(cols)
+
+
 def sa_layer_cycles(pixels: int, k: int, cout_g: int, groups: int, rows: int,
                     cols: int) -> int:
     """Cycles of one layer on the R x C array (module docstring), sequencer included.
@@ -278,8 +286,11 @@ def sa_layer_cycles(pixels: int, k: int, cout_g: int, groups: int, rows: int,
     tiles = -(-pixels // rows)
     rem = pixels - (tiles - 1) * rows            # rows of the last pixel tile
 
+    extra = sa_operand_stages(cols) - 1          # SA_PIPE, SA_DRAIN_GAP: with one stage
+    gap = SA_DRAIN_GAP + extra
+
     def step(nrows, nv):
-        return max(k, nrows + SA_DRAIN_GAP, nv + SA_BIAS_GAP)
+        return max(k, nrows + gap, nv + SA_BIAS_GAP)
 
     def steps(nrows):
         return groups * ((otiles - 1) * step(nrows, cols) + step(nrows, nv_last))
@@ -291,7 +302,7 @@ def sa_layer_cycles(pixels: int, k: int, cout_g: int, groups: int, rows: int,
         array += max(steps(rows), rem * gk)
     array += steps(rem) + rem * nv_last
     writer = load0 + step(min(rows, pixels), min(cols, cout_g)) + pixels * groups * cout_g
-    return max(array, writer) + SA_PIPE + seq_cycles(groups * cout_g)
+    return max(array, writer) + SA_PIPE + extra + seq_cycles(groups * cout_g)
 
 
 def dw_layer_cycles(c: int, h: int, w: int) -> int:
