@@ -149,7 +149,7 @@ class _FFModel(Elaboratable):
                           (96, 2500, False, 4), (96, 2500, False, 5), (8, 20000, True, 5),
                           (12, 9000, False, 5), (8, 5000, True, 6),
                           (96, 5000, False, 6), (17, 300, True, 6), (96, 5000, False, 7),
-                          (8, 5000, True, 7)])
+                          (8, 5000, True, 7), (96, 12000, False, 8), (8, 20000, True, 8)])
 def test_primitive_equals_behavioural(monkeypatch, width, depth, writable, latency):
     monkeypatch.setattr(bram, "_instance", _DP16KDModel)
     monkeypatch.setattr(bram, "_ff_instance", _FFModel)

@@ -50,8 +50,9 @@ from .systolic import SystolicConv, SystolicParams
 
 __all__ = ["Accelerator", "AccelDebugSignature", "WSTORE_LATENCY"]
 
-#: Read latency of the weight store (:class:`hwgen.hw.bram.BlockRam` latency 7).
-WSTORE_LATENCY = 7
+#: Read latency of the weight store (:class:`hwgen.hw.bram.BlockRam` latency 8: its read
+#: address reaches about a hundred blocks through a tree of copies).
+WSTORE_LATENCY = 8
 
 
 class AccelDebugSignature(AccelSignature):

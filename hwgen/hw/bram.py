@@ -96,7 +96,9 @@ class BlockRam(wiring.Component):
         levels: groups of four rows, then the groups; up to four rows a register per block
         before it), 6 (4 with the read address registered
         once more before the per-block copies and a fabric register per block), 7 (6 with a
-        second copy per block between that root and the per-block copies).
+        root per block column and a second copy per block between it and the per-block
+        copies), 8 (7 with a copy per block column and group of four rows between the root
+        and the second copies: no address register loads more than four of them).
 
     Members
     -------
@@ -108,8 +110,8 @@ class BlockRam(wiring.Component):
 
     def __init__(self, width: int, depth: int, init=None, writable: bool = True,
                  use_primitive: bool | None = None, name: str = "mem", latency: int = 1):
-        if latency not in (1, 2, 3, 4, 5, 6, 7):
-            raise ValueError(f"BlockRam latency must be 1..7, got {latency!r}")
+        if latency not in (1, 2, 3, 4, 5, 6, 7, 8):
+            raise ValueError(f"BlockRam latency must be 1..8, got {latency!r}")
         self.latency = latency
         self.name = name
         self.width, self.depth = width, max(depth, 2)
@@ -128,7 +130,7 @@ class BlockRam(wiring.Component):
     def addr_stages(self) -> int:
         """Register stages between ``r_addr`` and the memory itself (the rest of the
         latency follows the read): a write in those cycles is seen by the read."""
-        return {4: 1, 5: 1, 6: 2, 7: 3}.get(self.latency, 0)
+        return {4: 1, 5: 1, 6: 2, 7: 3, 8: 4}.get(self.latency, 0)
 
     @property
     def write_stages(self) -> int:
@@ -201,20 +203,25 @@ class BlockRam(wiring.Component):
         #   7: as 6 with a root per block column and a second copy per block between the
         #      root and the per-block copies (not one per row: a row's blocks may lie all
         #      over the die)
+        #   8: as 7 with a copy per block column and group of four rows between the root and
+        #      the second copies (a column's root loads ceil(rows / 4) registers, not rows)
         root = self.r_addr
         if lat == 6:
             root = Signal.like(self.r_addr, name="ra_root")
             with m.If(self.r_en):
                 m.d.sync += root.eq(self.r_addr)
-        if lat == 7:
+        if lat >= 7:
             # a root per block column (kept apart): a column's blocks hold the same bits of
             # the word, so they sit near the same consumers; one root for all blocks would
             # fan out to the whole die
             roots = [_kept_reg(m, self.r_addr[:min(aw, wbits)], self.r_en, f"ra_root{c}")
                      for c in range(cols)]
+        if lat == 8:
+            rgroups = {(g, c): _kept_reg(m, roots[c], self.r_en, f"rg_{g}_{c}")
+                       for g in range(-(-rows // 4)) for c in range(cols)}
         addr_copy = lat >= 4
         grouped = lat == 5 and rows > 4
-        block_reg = lat in (3, 6, 7) or (lat == 5 and not grouped)
+        block_reg = lat in (3, 6, 7, 8) or (lat == 5 and not grouped)
         mux_reg = lat >= 4
         sels = [self.r_addr[wbits:]]
         if rows > 1:       # the row select travels with the data to the multiplexer
@@ -238,9 +245,10 @@ class BlockRam(wiring.Component):
                 vals = [(v >> lo) & ((1 << n) - 1) for v in chunk]
                 do = Signal(bits if bits == 36 else 18, name=f"do_{r}_{c}")
                 r_addr = root
-                if lat == 7:   # one more level: two copies per block (a chain the placer
+                if lat >= 7:   # one more level: two copies per block (a chain the placer
                     # can stretch from the root towards the block, half the way each)
-                    r_addr = _kept_reg(m, roots[c], self.r_en, f"rb_{r}_{c}")
+                    src = roots[c] if lat == 7 else rgroups[(r // 4, c)]
+                    r_addr = _kept_reg(m, src, self.r_en, f"rb_{r}_{c}")
                 if addr_copy:
                     r_addr = _kept_reg(m, r_addr[:min(aw, wbits)], self.r_en, f"ra_{r}_{c}")
                 w_addr, w_data = self.w_addr if self.writable else None, None
