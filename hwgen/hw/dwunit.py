@@ -299,6 +299,7 @@ class DwUnit(wiring.Component):
         # ---- stream issue: arena address, position, emission ---------------------------------
         ix, iy = Signal(16), Signal(16)
         addr, cbase = Signal(24), Signal(24)
+        cbase_p1 = Signal(24)    # cbase + 1, a register of its own (no adder behind cbase)
         emit = Signal()
         # cycles to the next emission: below 8 * max_width (first <= 2W + 2, a row step <= 2W,
         # a group step <= 7W), so a short down-counter
@@ -331,6 +332,7 @@ class DwUnit(wiring.Component):
         # of their enables)
         with m.If(setup_end):
             m.d.sync += [live.eq(1), ix.eq(0), iy.eq(0), addr.eq(d.in_addr), cbase.eq(d.in_addr),
+                         cbase_p1.eq(d.in_addr + 1),
                          emit.eq(first == 0), dist.eq(first), ox.eq(0), oy.eq(0), og.eq(0),
                          og_p1.eq(1),
                          row0.eq(-d.pad_t), col0.eq(-d.pad_l),
@@ -341,8 +343,8 @@ class DwUnit(wiring.Component):
             with m.If(x_last):
                 m.d.sync += [ix.eq(0), x_last.eq(wm1 == 0)]
                 with m.If(y_last):
-                    m.d.sync += [iy.eq(0), y_last.eq(hm1 == 0), cbase.eq(cbase + 1),
-                                 addr.eq(cbase + 1)]
+                    m.d.sync += [iy.eq(0), y_last.eq(hm1 == 0), cbase.eq(cbase_p1),
+                                 cbase_p1.eq(cbase_p1 + 1), addr.eq(cbase_p1)]
                 with m.Else():
                     m.d.sync += [iy.eq(iy + 1), y_last.eq(iy == hm2), addr.eq(addr + d.in_pitch)]
             with m.Else():
