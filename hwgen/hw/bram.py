@@ -295,8 +295,18 @@ class BlockRam(wiring.Component):
                 # each block's register holds its word only when the read is for this row
                 # (else 0), from a "row hit" flag of its own registered a stage earlier:
                 # the multiplexer after it is an OR with no select
+                if lat >= 6:
+                    # the row's hit is compared two stages earlier and reaches its blocks'
+                    # copies through a register per row and one per group of four columns
+                    # (the row's blocks may lie all over the die)
+                    pre = Signal(name=f"hit_pre_{r}")
+                    with m.If(self.r_en):
+                        m.d.sync += pre.eq(sels[-5] == r)
+                    hgroups = [_kept_reg(m, pre, self.r_en, f"hit_g_{r}_{g}")
+                               for g in range(-(-cols // 4))]
                 for c, d in enumerate(dout):
-                    hit = _kept_reg(m, sels[-3] == r, self.r_en, f"hit_{r}_{c}")
+                    hit = (_kept_reg(m, hgroups[c // 4], self.r_en, f"hit_{r}_{c}") if lat >= 6
+                           else _kept_reg(m, sels[-3] == r, self.r_en, f"hit_{r}_{c}"))
                     q = Signal(len(d), name=f"row{r}_{c}")
                     with m.If(self.r_en):
                         m.d.sync += q.eq(Mux(hit, d, 0))

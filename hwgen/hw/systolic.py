@@ -645,45 +645,55 @@ class SystolicArray(wiring.Component):
             nxt = Signal(flag_layout, name=f"sm{i}")
             m.d.sync += nxt.eq(dly)
             dly = nxt
-        row_dly, row_first = [], []
+        # A row's "first" (it selects the bias for C x 32 accumulator bits) and "load" (the
+        # shadow's load enable, C x 32 flip-flops) reach the accumulators as copies per
+        # column half (16 loads each, kept apart on ECP5) through a tree of copies
+        # (four loads each): FL stages, tapped that much earlier from the row's flag chain
+        # (chain[k] is k cycles after s3; the products land in chain[LATENCY + TL]'s cycle)
+        FL = kept_tree_latency(2 * C)
+        row_dly, row_first, row_load = [], [], []
         for r in range(R):
-            f = s3_f[r]
+            chain = [s3_f[r]]
             for i in range(Mult18.LATENCY + TL):
                 nxt = Signal(row_flags, name=f"sm{i}_r{r}")
-                m.d.sync += nxt.eq(f)
-                if i == Mult18.LATENCY + TL - 1:
-                    # the last stage's "first" selects the bias for C x 32 accumulator bits:
-                    # a copy per column (kept apart on ECP5), 32 loads each
-                    row_first.append(kept_reg(m, Cat(*[f.first] * C), f"first_r{r}", prim))
-                f = nxt
-            row_dly.append(f)
+                m.d.sync += nxt.eq(chain[-1])
+                chain.append(nxt)
+            row_first.append(kept_tree(m, chain[Mult18.LATENCY + TL - FL].first, 2 * C,
+                                       f"first_r{r}_", prim))
+            # the shadow loads a cycle after the last beat's accumulation
+            row_load.append(kept_tree(m, chain[Mult18.LATENCY + TL + 1 - FL].load, 2 * C,
+                                      f"load_r{r}_", prim))
+            row_dly.append(chain[-1])
 
         # ---- accumulate; on the last beat copy the sums to the shadow bank -----------------
         acc = [[Signal(ACC, name=f"acc_r{r}_c{c}") for c in range(C)] for r in range(R)]
         shadow = [[Signal(ACC, name=f"sh_r{r}_c{c}") for c in range(C)] for r in range(R)]
-        # the shadow shift enable of each row, one register per (row, column) (kept apart
-        # on ECP5): 32 flip-flops per copy instead of the whole row's C x 32
+        # the shadow shift enable of each row, one register per (row, column half) (kept
+        # apart on ECP5): 16 flip-flops per copy instead of the whole row's C x 32
         row_shift_d = [Signal(name=f"row_shift_d{r}") for r in range(R)]
         row_shift = []
         for r in range(R):
-            row_shift.append(kept_reg(m, Cat(*[row_shift_d[r]] * C), f"row_shift{r}", prim))
+            row_shift.append(kept_reg(m, Cat(*[row_shift_d[r]] * (2 * C)), f"row_shift{r}",
+                                      prim))
         # the shadow takes the finished sums from the accumulators a cycle after the last
         # beat (acc then holds them, even when the next tile's first beat lands in that
         # cycle): no adder in front of the shadow registers
+        halves = (slice(0, 16), slice(16, 32))
         for r in range(R):
-            f = row_dly[r]
-            # the shadow load enable, one register per (row, column) too (kept apart)
-            load_d = kept_reg(m, Cat(*[f.load] * C), f"load_d{r}", prim)
             for c in range(C):
                 s = Signal(ACC, name=f"sum_r{r}_c{c}")
                 # invalid beats carry x = 0, so their product is 0: acc needs no enable;
                 # a tile starts from its bias
-                m.d.comb += s.eq(Mux(row_first[r][c], bias_r[c], acc[r][c]) + prods[r][c])
+                start = Cat(*[Mux(row_first[r][2 * c + h], bias_r[c][sl], acc[r][c][sl])
+                              for h, sl in enumerate(halves)])
+                m.d.comb += s.eq(start.as_signed() + prods[r][c])
                 m.d.sync += acc[r][c].eq(s)
-                with m.If(load_d[c]):
-                    m.d.sync += shadow[r][c].eq(acc[r][c])
-                with m.Elif(row_shift[r][c]):
-                    m.d.sync += shadow[r][c].eq(shadow[r + 1][c] if r + 1 < R else 0)
+                nxt_row = shadow[r + 1][c] if r + 1 < R else Const(0, 32)
+                for h, sl in enumerate(halves):
+                    with m.If(row_load[r][2 * c + h]):
+                        m.d.sync += shadow[r][c][sl].eq(acc[r][c][sl])
+                    with m.Elif(row_shift[r][2 * c + h]):
+                        m.d.sync += shadow[r][c][sl].eq(nxt_row[sl])
 
         # ---- drain: shadow row 0 -> o_stream ----------------------------------------------
         sh_ch = Signal(p.ch_bits)
