@@ -700,29 +700,34 @@ class OutputWriter(wiring.Component):
         m = Module()
         C = self.cols
         s = self.i_stream
-        # the beat being written is held here; `ready` and the lane counter's "last" flag
-        # are registers, so the FIFO in front sees no comparison on its read enable
+        # The beat being written is held here, its lanes leave from lane 0 of a shift
+        # register and the channel counts up with them: no lane multiplexer, no adder on the
+        # request. `ready` (~have | the lane being written is the last) is a register, set
+        # from its next value; `cur` loads the payload whenever ready (a beat not valid then
+        # leaves have low: nothing is written), else shifts, so no valid & ready decision
+        # sits in front of its wide select. Each lane's select is a copy of ready of its own
+        # (kept apart on ECP5, inverted: those flip-flops start at 0, ready at 1).
         cur = Signal.like(s.payload)
         nv = Signal(range(C))
-        have, last = Signal(), Signal()
-        c = Signal(range(C))
-        take = s.valid & s.ready
-        # the lanes leave from lane 0 of a shift register, the channel counts up with them:
-        # no lane multiplexer, no adder on the request
-        m.d.comb += [s.ready.eq(~have | last),
+        have = Signal()
+        rdy = Signal(init=1)
+        nxt = Signal(range(C + 1), init=1)     # the next lane's index
+        rdy_n = Mux(rdy, ~s.valid | (self.nv_m1 == 0), nxt == nv)
+        n_sel = kept_reg(m, Cat(*[~rdy_n] * C), "wr_nsel", use_primitive_for(platform, None))
+        m.d.comb += [s.ready.eq(rdy),
                      self.wr_pix.eq(cur.pix), self.wr_ch.eq(cur.ch),
                      self.wr_data.eq(cur.y[0]), self.wr_en.eq(have)]
-        with m.If(have):
-            m.d.sync += [c.eq(c + 1), last.eq(c + 1 == nv), cur.ch.eq(cur.ch + 1),
-                         cur.y.as_value().eq(cur.y.as_value() >> 8)]
-        with m.If(take):
-            m.d.sync += [cur.eq(s.payload), nv.eq(self.nv_m1), have.eq(1), c.eq(0),
-                         last.eq(self.nv_m1 == 0)]
-        with m.Elif(have & last):
-            m.d.sync += [have.eq(0), c.eq(0)]
+        m.d.sync += [rdy.eq(rdy_n),
+                     cur.y[C - 1].eq(Mux(n_sel[C - 1], 0, s.payload.y[C - 1]))]
+        m.d.sync += [cur.y[k].eq(Mux(n_sel[k], cur.y[k + 1], s.payload.y[k])) for k in range(C - 1)]
+        with m.If(rdy):
+            m.d.sync += [cur.ch.eq(s.payload.ch), cur.pix.eq(s.payload.pix), nv.eq(self.nv_m1),
+                         have.eq(s.valid), nxt.eq(1)]
+        with m.Else():
+            m.d.sync += [cur.ch.eq(cur.ch + 1), nxt.eq(nxt + 1)]
         with m.If(self.start):
             m.d.sync += self.count.eq(0)
-        with m.Elif(have & last):           # a beat's last lane is written
+        with m.Elif(have & rdy):            # a beat's last lane is written
             m.d.sync += self.count.eq(self.count + 1)
         return m
 

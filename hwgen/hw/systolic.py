@@ -669,12 +669,16 @@ class SystolicArray(wiring.Component):
         acc = [[Signal(ACC, name=f"acc_r{r}_c{c}") for c in range(C)] for r in range(R)]
         shadow = [[Signal(ACC, name=f"sh_r{r}_c{c}") for c in range(C)] for r in range(R)]
         # the shadow shift enable of each row, one register per (row, column half) (kept
-        # apart on ECP5): 16 flip-flops per copy instead of the whole row's C x 32
-        row_shift_d = [Signal(name=f"row_shift_d{r}") for r in range(R)]
+        # apart on ECP5): 16 flip-flops per copy instead of the whole row's C x 32; computed
+        # once per (row, group of four columns) from the group's own copies of o_allow (so
+        # synthesis keeps the groups' logic apart), eight copies each
+        NG = -(-C // 4)
+        row_shift_d = [[Signal(name=f"row_shift_d{r}_{g}") for g in range(NG)] for r in range(R)]
         row_shift = []
         for r in range(R):
-            row_shift.append(kept_reg(m, Cat(*[row_shift_d[r]] * (2 * C)), f"row_shift{r}",
-                                      prim))
+            row_shift.append(Cat(*[
+                kept_reg(m, Cat(*[row_shift_d[r][g]] * (2 * min(4, C - 4 * g))),
+                         f"row_shift{r}_{g}", prim) for g in range(NG)]))
         # the shadow takes the finished sums from the accumulators a cycle after the last
         # beat (acc then holds them, even when the next tile's first beat lands in that
         # cycle): no adder in front of the shadow registers
@@ -733,9 +737,12 @@ class SystolicArray(wiring.Component):
         # (sh_rows_n > r for the next sh_rows_n, from the thermometer codes: without a load
         # it is therm[r + 1] | therm[r] & ~allow_r, as therm[r] implies therm[0], so
         # Mux(move, therm[r + 1], therm[r]) in six inputs, one slice, not two LUT levels)
-        m.d.comb += [row_shift_d[r].eq(allow_in & Mux(load, tl[r],
-                                                      therm[r + 1] | (therm[r] & ~allow_r)))
-                     for r in range(R)]
+        for g in range(NG):
+            allow_in_g = kept_reg(m, self.o_allow, f"allow_in_g{g}", prim)
+            allow_r_g = kept_reg(m, allow_in_g, f"allow_r_g{g}", prim)
+            m.d.comb += [row_shift_d[r][g].eq(allow_in_g & Mux(load, tl[r], therm[r + 1]
+                                                               | (therm[r] & ~allow_r_g)))
+                         for r in range(R)]
         m.d.comb += [in_data.acc[c].eq(shadow[0][c]) for c in range(C)]
         m.d.comb += [in_data.ch.eq(sh_ch), in_data.pix.eq(sh_pix)]
         m.d.sync += [o_valid.eq(move), o_data.eq(in_data)]
