@@ -331,7 +331,7 @@ class DwUnit(wiring.Component):
         # idle), so the stream's registers load on setup_end alone (start is not in front
         # of their enables)
         with m.If(setup_end):
-            m.d.sync += [live.eq(1), ix.eq(0), iy.eq(0), addr.eq(d.in_addr), cbase.eq(d.in_addr),
+            m.d.sync += [live.eq(1), ix.eq(0), iy.eq(0), cbase.eq(d.in_addr),
                          cbase_p1.eq(d.in_addr + 1),
                          emit.eq(first == 0), dist.eq(first), ox.eq(0), oy.eq(0), og.eq(0),
                          og_p1.eq(1),
@@ -344,11 +344,11 @@ class DwUnit(wiring.Component):
                 m.d.sync += [ix.eq(0), x_last.eq(wm1 == 0)]
                 with m.If(y_last):
                     m.d.sync += [iy.eq(0), y_last.eq(hm1 == 0), cbase.eq(cbase_p1),
-                                 cbase_p1.eq(cbase_p1 + 1), addr.eq(cbase_p1)]
+                                 cbase_p1.eq(cbase_p1 + 1)]
                 with m.Else():
-                    m.d.sync += [iy.eq(iy + 1), y_last.eq(iy == hm2), addr.eq(addr + d.in_pitch)]
+                    m.d.sync += [iy.eq(iy + 1), y_last.eq(iy == hm2)]
             with m.Else():
-                m.d.sync += [ix.eq(ix + 1), x_last.eq(ix == wm2), addr.eq(addr + d.in_pitch)]
+                m.d.sync += [ix.eq(ix + 1), x_last.eq(ix == wm2)]
             with m.If(emit):
                 with m.If(ox_last):
                     m.d.sync += [ox.eq(0), ox_last.eq(owm1 == 0), col0.eq(-d.pad_l)]
@@ -368,6 +368,11 @@ class DwUnit(wiring.Component):
                                  dist.eq(col_m1), emit.eq(col_is1)]
             with m.Else():      # emit == (dist == 0) always: not emitting means dist > 0
                 m.d.sync += [dist.eq(dist - 1), emit.eq(dist == 1)]
+        # the read address in one enable (setup_end and go never meet) and a data select
+        # from registers: the step's decision reaches its flip-flops' enable only
+        with m.If(setup_end | go):
+            m.d.sync += addr.eq(Mux(setup_end, d.in_addr,
+                                    Mux(x_last & y_last, cbase_p1, addr + d.in_pitch)))
 
         # ---- metadata pipeline: issue -> S1 (arena data) -> S2 (line buffer) -> S3 (BRAM
         # out) -> S4 (window shift) -> S5 (window, multiplier inputs); with mem_latency = L
