@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from amaranth import Module, Mux, Shape, Signal
 from amaranth.lib import stream, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 __all__ = ["CreditFifo", "SkidBuffer", "StreamSlice"]
@@ -41,7 +41,8 @@ class CreditFifo(wiring.Component):
     skid : bool
         Read through a :class:`SkidBuffer`: the consumer's ``ready`` then reaches only the
         skid buffer's registers (placed next to the consumer), not the FIFO's pointers and
-        level; a beat takes a cycle more, the rate stays one per cycle.
+        level. The FIFO is then unbuffered (the skid buffer is its output register), so a
+        beat takes as long as without the skid buffer; the rate stays one per cycle.
 
     Members
     -------
@@ -78,7 +79,12 @@ class CreditFifo(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.fifo = fifo = SyncFIFOBuffered(width=self.width, depth=self.depth)
+        # with the skid buffer the FIFO is unbuffered (its entries are distributed RAM read
+        # straight into the skid buffer's entries, whose enables are flip-flops); a buffered
+        # FIFO's output register would load on a decision from its level and the skid
+        # buffer's ready, a wide enable net
+        fifo_cls = SyncFIFO if self.skid else SyncFIFOBuffered
+        m.submodules.fifo = fifo = fifo_cls(width=self.width, depth=self.depth)
         o = self.o_stream
         m.d.comb += [fifo.w_en.eq(self.w_en), fifo.w_data.eq(self.w_data)]
         out_busy = 0

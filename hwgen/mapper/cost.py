@@ -110,11 +110,12 @@ __all__ = [
 SEQ_OVERHEAD = 13
 #: Systolic layer fill and drain: patch-address pipeline (17), array (11), requantiser input
 #: registers and pipeline (21), output FIFO, writer stages, placer (6), the registered
-#: writer-count compare and the credit loops, less what overlaps; fitted to the measured
-#: MobileNet 0.25/96 layers on its 4 x 12 array (pw8 13,419, pw14 18,255, fc 591, GAP 5,450,
-#: conv1 62,349 cycles: all within +-0.1 %), with one operand-register stage in front of the
-#: multipliers; an array of more than 4 columns has two (:func:`sa_operand_stages`).
-SA_PIPE = 62
+#: writer-count compare and the credit loops, less what overlaps, with one operand-register
+#: stage in front of the multipliers (an array of more than 4 columns has two:
+#: :func:`sa_operand_stages`); fitted to the measured MobileNet 0.25/96 layers on its 4 x 12
+#: array (pw8 13,419, pw14 18,255, fc 591, GAP 5,705, conv1 62,349 cycles: all within
+#: +-0.1 %).
+SA_PIPE = 61
 #: A step's last beat waits until the previous step's shadow bank has drained: the array's
 #: latency from a last beat to the shadow bank (10 cycles, with one operand-register stage)
 #: plus one row per cycle (hw/systolic.py ``pending``).
