@@ -95,7 +95,13 @@ class Sequencer(wiring.Component):
         prim = use_primitive_for(platform, None)
         words = [DESC.const(f).as_value().value for f in self.descs]
         rom_data = []
-        for k, lo in enumerate(range(0, DESC.size, self.ROM_SLICE)):
+        # the descriptor loads in LATCH, slice by slice, each slice's ~ROM_SLICE flip-flops
+        # enabled by a register of its own set in FETCH2 (kept apart on ECP5): no decode of
+        # the state in front of a thousand enables
+        latch_n = Signal()               # the next cycle is LATCH
+        slices = range(0, DESC.size, self.ROM_SLICE)
+        latch = kept_reg(m, Cat(*[latch_n] * len(slices)), "latch", prim)
+        for k, lo in enumerate(slices):
             w = min(self.ROM_SLICE, DESC.size - lo)
             mem = Memory(shape=unsigned(w), depth=self.n,
                          init=[(v >> lo) & ((1 << w) - 1) for v in words])
@@ -103,6 +109,8 @@ class Sequencer(wiring.Component):
             rpk = mem.read_port()
             m.d.comb += rpk.addr.eq(kept_reg(m, idx, f"idx{k}", prim))
             rom_data.append(rpk.data)
+            with m.If(latch[k]):
+                m.d.sync += d.as_value()[lo:lo + len(rpk.data)].eq(rpk.data)
         rom_word = Signal(DESC)
         m.d.comb += rom_word.as_value().eq(Cat(*rom_data))
         lcyc = Signal(32)
@@ -144,9 +152,10 @@ class Sequencer(wiring.Component):
                 m.d.sync += lcyc.eq(1)
                 m.next = "FETCH2"
             with m.State("FETCH2"):
+                m.d.comb += latch_n.eq(1)
                 m.next = "LATCH"
             with m.State("LATCH"):
-                m.d.sync += [d.eq(rom_word), o.eq(0), og.eq(0), q.eq(rom_word.sh_q0),
+                m.d.sync += [o.eq(0), og.eq(0), q.eq(rom_word.sh_q0),
                              more.eq(rom_word.out_c != 0),
                              r.eq(rom_word.sh_r0), rg.eq(rom_word.sh_rg0)]
                 with m.If(rom_word.skip):
