@@ -687,15 +687,10 @@ class SystolicArray(wiring.Component):
             for c in range(C):
                 s = Signal(ACC, name=f"sum_r{r}_c{c}")
                 # invalid beats carry x = 0, so their product is 0: acc needs no enable;
-                # a tile starts from its bias. Both sums are formed (two carry chains) and
-                # "first" selects between them after the adders: its copies, far from some
-                # accumulators, have the carry chain's time to arrive
-                s_acc = Signal(ACC, name=f"sa_r{r}_c{c}")
-                s_bias = Signal(ACC, name=f"sb_r{r}_c{c}")
-                m.d.comb += [s_acc.eq(acc[r][c] + prods[r][c]),
-                             s_bias.eq(bias_r[c] + prods[r][c])]
-                m.d.comb += s.eq(Cat(*[Mux(row_first[r][2 * c + h], s_bias[sl], s_acc[sl])
-                                       for h, sl in enumerate(halves)]))
+                # a tile starts from its bias
+                start = Cat(*[Mux(row_first[r][2 * c + h], bias_r[c][sl], acc[r][c][sl])
+                              for h, sl in enumerate(halves)])
+                m.d.comb += s.eq(start.as_signed() + prods[r][c])
                 m.d.sync += acc[r][c].eq(s)
                 nxt_row = shadow[r + 1][c] if r + 1 < R else Const(0, 32)
                 for h, sl in enumerate(halves):
