@@ -252,10 +252,23 @@ class HostLink(wiring.Component):
             m.next = "T_SOF"
 
         def nak(code):
-            m.d.sync += [shreg.eq(Cat(Const(code, 8) if isinstance(code, int) else code, cmd)),
-                         nak_count.eq(nak_count + 1), last_err.eq(code), self.link_error.eq(1),
+            # the payload (code, cmd) is already in shreg: loaded with the verdict in CHECKB
+            # or on the way into TIMEOUT (sh_load below)
+            m.d.sync += [nak_count.eq(nak_count + 1), last_err.eq(code), self.link_error.eq(1),
                          is_logits.eq(0)]
             reply(NAK, 2)
+
+        # --- the reply payload register ----------------------------------------------------
+        # 144 flip-flops: their enable and select are flip-flops set in the state before
+        # (sh_en: load or shift next cycle, sh_load: load), not a decode of the FSM state.
+        # The load is the status, or the NAK payload (code, cmd) in the low two bytes.
+        sh_en, sh_load, sh_timeout = Signal(), Signal(), Signal()
+        m.d.sync += [sh_en.eq(0), sh_load.eq(0), sh_timeout.eq(0)]    # set by the FSM below
+        nak_code = Signal(8)
+        m.d.comb += nak_code.eq(Mux(sh_timeout, Err.TIMEOUT, check))
+        loaded = Cat(Mux(nak_code != 0, Cat(nak_code, cmd), status_now[:16]), status_now[16:])
+        with m.If(sh_en):
+            m.d.sync += shreg.eq(Mux(sh_load, loaded, shreg >> 8))
 
         rx_fire = self.rx.valid & self.rx.ready
         byte = self.rx.payload
@@ -315,6 +328,7 @@ class HostLink(wiring.Component):
                     with m.Elif(timer_hit):
                         # the NAK is built in a state of its own: the reply registers'
                         # enables then decode the state only, not the receiver's valid
+                        m.d.sync += [sh_en.eq(1), sh_load.eq(1), sh_timeout.eq(1)]
                         m.next = "TIMEOUT"
                     with m.Else():
                         # the compare feeds one flip-flop, not the reply registers' enables
@@ -326,10 +340,11 @@ class HostLink(wiring.Component):
 
             with m.State("CHECKA"):
                 m.d.sync += stage_a
+                m.d.sync += [sh_en.eq(1), sh_load.eq(1)]      # shreg: status or NAK payload
                 m.next = "CHECKB"
 
             with m.State("CHECKB"):
-                m.d.sync += [check_r.eq(check), shreg.eq(status_now), waddr.eq(offset),
+                m.d.sync += [check_r.eq(check), waddr.eq(offset),
                              check_bad.eq(~(crc_ok_r & known_r & len_ok_r & ~(idle_r & busy)
                                             & range_ok)),
                              c_left.eq(n_data), c_one.eq(length == 5), bidx.eq(0),
@@ -390,9 +405,11 @@ class HostLink(wiring.Component):
                 emit(reply_len[8:], 1, "T_FETCH")
                 with m.If(~tx_full & (reply_len == 0)):
                     m.next = "T_CRC0"
+                with m.If(~tx_full & (reply_len != 0)):
+                    m.d.sync += sh_en.eq(1)                  # shift in T_FETCH
             with m.State("T_FETCH"):                # the payload byte, into a register
                 m.d.sync += [pay_byte.eq(Mux(is_logits, acc.out_data, shreg[:8])),
-                             shreg.eq(shreg >> 8), raddr.eq(raddr + 1)]
+                             raddr.eq(raddr + 1)]            # shreg shifts (sh_en)
                 m.next = "T_PAY"
             with m.State("T_PAY"):
                 emit(pay_byte, 1, "T_WAIT1")
@@ -403,6 +420,8 @@ class HostLink(wiring.Component):
             for k in range(1, OUT_LATENCY):      # the logit read's latency
                 with m.State(f"T_WAIT{k}"):
                     m.next = f"T_WAIT{k + 1}" if k + 1 < OUT_LATENCY else "T_FETCH"
+                    if k + 1 == OUT_LATENCY:
+                        m.d.sync += sh_en.eq(1)              # shift in T_FETCH
             with m.State("T_CRC0"):                 # tx_byte empty: the CRC is complete
                 emit(crc[:8], 0, "T_CRC1")
             with m.State("T_CRC1"):
