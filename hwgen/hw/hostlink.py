@@ -275,9 +275,16 @@ class HostLink(wiring.Component):
 
         # the staging buffer: one address for both ports (a single-port block RAM, read
         # before write, no collision logic); writes are registered (one cycle after the byte)
+        # bidx's clear and count come from flip-flops, not from a decode of the FSM state
+        # and the receiver's valid: bidx_clr is set the cycle before (after LEN1's byte: the
+        # first buffered byte is the fifth of the payload; in CHECKA for the commit), c_wr
+        # is high exactly in C_WRITE
+        bidx_clr, c_wr = Signal(), Signal()
         m.d.comb += [br.addr.eq(bidx), bw.addr.eq(bidx), bw.en.eq(wr_en), bw.data.eq(wr_data)]
-        m.d.sync += [wr_en.eq(0), wr_data.eq(byte)]
-        with m.If(wr_en):
+        m.d.sync += [wr_en.eq(0), wr_data.eq(byte), bidx_clr.eq(0)]
+        with m.If(bidx_clr):
+            m.d.sync += bidx.eq(0)
+        with m.Elif(wr_en | (c_wr & acc.img_wr.ready)):
             m.d.sync += bidx.eq(bidx + 1)
 
         with m.FSM():
@@ -304,7 +311,7 @@ class HostLink(wiring.Component):
                             m.next = "LEN1"
                         elif state == "LEN1":
                             m.d.sync += [length[8:].eq(byte), rx_left.eq(Cat(length[:8], byte)),
-                                         idx.eq(0), bidx.eq(0)]
+                                         idx.eq(0), bidx_clr.eq(1)]
                             with m.If(Cat(length[:8], byte) == 0):
                                 m.next = "CRC0"
                             with m.Else():
@@ -340,14 +347,15 @@ class HostLink(wiring.Component):
 
             with m.State("CHECKA"):
                 m.d.sync += stage_a
-                m.d.sync += [sh_en.eq(1), sh_load.eq(1)]      # shreg: status or NAK payload
+                m.d.sync += [sh_en.eq(1), sh_load.eq(1),      # shreg: status or NAK payload
+                             bidx_clr.eq(1)]                  # the commit reads from 0
                 m.next = "CHECKB"
 
             with m.State("CHECKB"):
                 m.d.sync += [check_r.eq(check), waddr.eq(offset),
                              check_bad.eq(~(crc_ok_r & known_r & len_ok_r & ~(idle_r & busy)
                                             & range_ok)),
-                             c_left.eq(n_data), c_one.eq(length == 5), bidx.eq(0),
+                             c_left.eq(n_data), c_one.eq(length == 5),
                              raddr.eq(lg_off),
                              is_logits.eq(cmd == Cmd.READ_LOGITS)]
                 m.next = "CHECK"
@@ -377,14 +385,15 @@ class HostLink(wiring.Component):
             with m.State("COMMIT"):
                 m.next = "C_LATCH"
             with m.State("C_LATCH"):
+                m.d.sync += c_wr.eq(1)
                 m.next = "C_WRITE"
             with m.State("C_WRITE"):
                 m.d.comb += [acc.img_wr.valid.eq(1),
                              acc.img_wr.payload.addr.eq(waddr),
                              acc.img_wr.payload.data.eq(wdata)]
                 with m.If(acc.img_wr.ready):
-                    m.d.sync += [bidx.eq(bidx + 1), waddr.eq(waddr + 1), c_left.eq(c_left - 1),
-                                 c_one.eq(c_left == 2)]
+                    m.d.sync += [waddr.eq(waddr + 1), c_left.eq(c_left - 1),   # bidx: c_wr
+                                 c_one.eq(c_left == 2), c_wr.eq(0)]
                     with m.If(c_one):
                         reply(ACK_BIT | Cmd.LOAD_IMAGE, 0)
                     with m.Else():
