@@ -614,14 +614,18 @@ class BiasFeeder(wiring.Component):
         clr = Signal()
         m.d.sync += clr.eq(0)
         out_v, take = Signal(), Signal()      # a beat is offered (state OUT), it leaves
-        with m.If(clr):
-            m.d.sync += vec.eq(0)
         # a capture's enable per lane, a register (decoded a stage early): each lane's 32
-        # enables come straight from a flip-flop of the lane's own
+        # enables come straight from a flip-flop of the lane's own. The clear reaches each
+        # lane through a copy of its own too (one cycle after clr: still lat - 1 cycles
+        # before the first capture, and a beat offered lat + 1 cycles after it), and wins
+        # over the capture (they never meet), so it maps to the flip-flops' synchronous
+        # reset: no gate in front of the 32 x cols enables
         cap_en = [Signal(name=f"cap_en{k}") for k in range(C)]
         m.d.sync += [cap_en[k].eq(cap_vs[-1] & (cap_ls[-1] == k)) for k in range(C)]
         for k in range(C):
-            with m.If(cap_en[k]):
+            with m.If(kept_reg(m, clr, f"clr_l{k}", prim)):
+                m.d.sync += vec[k].eq(0)
+            with m.Elif(cap_en[k]):
                 m.d.sync += vec[k].eq(rd[k])
         with m.FSM():
             with m.State("IDLE"):

@@ -213,9 +213,17 @@ class Requantizer(wiring.Component):
                      dn_r.eq(self.zero_point - self.lo), up_r.eq(self.hi - self.zero_point),
                      ndn_r.eq(self.lo - self.zero_point), nup_r.eq(self.zero_point - self.hi)]
 
+        # ... and each lane takes them from a copy of its own (kept apart on ECP5): the lanes
+        # are spread over the die, and the clamp compares (S18) read them in carry chains
+        consts = Cat(zp_r, lo_r, hi_r, dn_r, up_r, ndn_r, nup_r)
+        prim = use_primitive_for(platform, p.use_primitive)
+
         for lane in range(p.lanes):
             L = f"l{lane}_"
             rp = lane_mem(lane)
+            k = kept_reg(m, consts, L + "consts", prim)
+            zp_l, lo_l, hi_l = k[0:8].as_signed(), k[8:16].as_signed(), k[16:24].as_signed()
+            dn_l, up_l, ndn_l, nup_l = (k[24 + 10 * i:34 + 10 * i].as_signed() for i in range(4))
             m.d.comb += [rp.r_addr.eq(self.i_stream.payload.ch[lane]), rp.r_en.eq(en)]
             # S1
             acc1 = reg(signed(32), L + "acc1", self.i_stream.payload.acc[lane])
@@ -298,14 +306,14 @@ class Requantizer(wiring.Component):
             neg16 = reg(1, L + "neg16", neg15)
             # S18: v = zero_point +- q, and the four comparisons telling whether v < lo or
             # v > hi for either sign, made in the q domain against registered constants
-            v17 = reg(signed(11), L + "v17", Mux(neg16, zp_r - q16, zp_r + q16))
+            v17 = reg(signed(11), L + "v17", Mux(neg16, zp_l - q16, zp_l + q16))
             neg17 = reg(1, L + "neg17", neg16)
-            lt_n = reg(1, L + "lt_n17", q16 > dn_r)      # zp - q < lo
-            lt_p = reg(1, L + "lt_p17", q16 < ndn_r)     # zp + q < lo
-            gt_n = reg(1, L + "gt_n17", q16 < nup_r)     # zp - q > hi
-            gt_p = reg(1, L + "gt_p17", q16 > up_r)      # zp + q > hi
+            lt_n = reg(1, L + "lt_n17", q16 > dn_l)      # zp - q < lo
+            lt_p = reg(1, L + "lt_p17", q16 < ndn_l)     # zp + q < lo
+            gt_n = reg(1, L + "gt_n17", q16 < nup_l)     # zp - q > hi
+            gt_p = reg(1, L + "gt_p17", q16 > up_l)      # zp + q > hi
             # S19: clamp to [lo, hi]  (output register)
-            y = Mux(Mux(neg17, lt_n, lt_p), lo_r, Mux(Mux(neg17, gt_n, gt_p), hi_r, v17))
+            y = Mux(Mux(neg17, lt_n, lt_p), lo_l, Mux(Mux(neg17, gt_n, gt_p), hi_l, v17))
             y18 = reg(signed(8), L + "y18", y[:8])
             m.d.comb += self.o_stream.payload[lane].eq(y18)
         return m
