@@ -147,7 +147,8 @@ class _FFModel(Elaboratable):
                           (17, 300, True, 1), (30, 267, True, 1), (70, 1100, True, 1), (8, 5000, True, 2), (96, 2500, False, 2),
                           (8, 5000, True, 3), (64, 1500, False, 4), (8, 5000, True, 4),
                           (96, 2500, False, 4), (96, 2500, False, 5), (8, 20000, True, 5),
-                          (12, 9000, False, 5), (8, 5000, True, 6),
+                          (12, 9000, False, 5), (8, 5000, True, 6), (8, 20000, True, 6),
+                          (12, 9000, False, 6),
                           (96, 5000, False, 6), (17, 300, True, 6), (96, 5000, False, 7),
                           (8, 5000, True, 7), (96, 12000, False, 8), (8, 20000, True, 8)])
 def test_primitive_equals_behavioural(monkeypatch, width, depth, writable, latency):

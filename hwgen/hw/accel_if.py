@@ -13,7 +13,7 @@ Contract (:class:`AccelSignature`, from the accelerator's side)
 * ``error``: ``Out(1)``, level; set by a fault, cleared by the next accepted ``start``.
 * ``out_addr``: ``In(unsigned(B))``, ``out_data``: ``Out(signed(8))`` — pipelined read of
   logit ``out_addr`` (``B = ceil_log2(n_out)``): ``out_data`` shows the logit addressed
-  :data:`OUT_LATENCY` (5) cycles earlier (the accelerator's pipelined block-RAM read); hold
+  :data:`OUT_LATENCY` (6) cycles earlier (the accelerator's pipelined block-RAM read); hold
   ``out_addr`` that long. Valid while not ``busy``.
 * ``cycles``: ``Out(32)``, the length of the last inference in clock cycles: ``done`` is high
   exactly ``cycles`` cycles after the cycle in which ``start`` was high.
@@ -32,7 +32,7 @@ from amaranth.utils import ceil_log2
 __all__ = ["AccelParams", "AccelSignature", "FakeAccelerator", "fake_logits", "OUT_LATENCY"]
 
 #: Cycles from ``out_addr`` to its logit on ``out_data``.
-OUT_LATENCY = 5
+OUT_LATENCY = 6
 
 
 @dataclass(frozen=True)

@@ -94,10 +94,10 @@ class BlockRam(wiring.Component):
         registered first, one copy per block; the block with its output register; the row
         multiplexer into a register), 5 (4 with the row multiplexer in two registered
         levels: groups of four rows, then the groups; up to four rows a register per block
-        before it), 6 (4 with the read address registered
-        once more before the per-block copies and a fabric register per block), 7 (6 with a
-        root per block column and a second copy per block between it and the per-block
-        copies), 8 (7 with a copy per block column and group of four rows between the root
+        before it), 6 (5 with the read address registered once more before the per-block
+        copies: a root the shared read-address multiplexer of a memory with several readers
+        ends in), 7 (a root per block column, a second copy per block between it and the
+        per-block copies, a fabric register per block, the multiplexer into a register), 8 (7 with a copy per block column and group of four rows between the root
         and the second copies: no address register loads more than four of them).
 
     Members
@@ -197,12 +197,12 @@ class BlockRam(wiring.Component):
         #      registered levels (groups of four rows, then the groups): a memory of many
         #      rows spread over the die is gathered in two hops (up to four rows: a
         #      per-block register, then the multiplexer into a register)
-        #   6: the read address registered once more first (a root the per-block copies
-        #      fan out from), per-block address copy, block, output register, per-block
-        #      register, multiplexer into a register
-        #   7: as 6 with a root per block column and a second copy per block between the
-        #      root and the per-block copies (not one per row: a row's blocks may lie all
-        #      over the die)
+        #   6: as 5 with the read address registered once more first (a root the
+        #      per-block copies fan out from: the readers' address multiplexer in front of
+        #      a shared memory ends in one register, not in copies all over the die)
+        #   7: a root per block column, a second copy per block between the root and the
+        #      per-block copies (not one per row: a row's blocks may lie all over the die),
+        #      block, output register, per-block register, multiplexer into a register
         #   8: as 7 with a copy per block column and group of four rows between the root and
         #      the second copies (a column's root loads ceil(rows / 4) registers, not rows)
         root = self.r_addr
@@ -220,8 +220,8 @@ class BlockRam(wiring.Component):
             rgroups = {(g, c): _kept_reg(m, roots[c], self.r_en, f"rg_{g}_{c}")
                        for g in range(-(-rows // 4)) for c in range(cols)}
         addr_copy = lat >= 4
-        grouped = lat == 5 and rows > 4
-        block_reg = lat in (3, 6, 7, 8) or (lat == 5 and not grouped)
+        grouped = lat in (5, 6) and rows > 4
+        block_reg = lat in (3, 7, 8) or (lat in (5, 6) and not grouped)
         mux_reg = lat >= 4
         sels = [self.r_addr[wbits:]]
         if rows > 1:       # the row select travels with the data to the multiplexer

@@ -143,8 +143,8 @@ class DwUnit(wiring.Component):
             raise ValueError(f"DwUnit max_width must be an int in 2..16384, got {max_width!r}")
         if not isinstance(max_channels, int) or not 1 <= max_channels < 1 << 16:
             raise ValueError(f"DwUnit max_channels must be in 1..65535, got {max_channels!r}")
-        if mem_latency not in (1, 2, 3, 4, 5) or isinstance(mem_latency, bool):
-            raise ValueError(f"DwUnit mem_latency must be 1..5, got {mem_latency!r}")
+        if mem_latency not in (1, 2, 3, 4, 5, 6) or isinstance(mem_latency, bool):
+            raise ValueError(f"DwUnit mem_latency must be 1..6, got {mem_latency!r}")
         if _inject_bug not in _BUGS:
             raise ValueError(f"_inject_bug must be one of {_BUGS}")
         self.max_width, self.max_channels = max_width, max_channels

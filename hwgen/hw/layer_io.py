@@ -48,10 +48,12 @@ __all__ = ["DESC", "KIND_ARRAY", "KIND_MAXPOOL", "KIND_ADD", "KIND_AVGPOOL", "KI
 #: average-pool unit, the depthwise unit (:class:`hwgen.hw.dwunit.DwUnit`).
 KIND_ARRAY, KIND_MAXPOOL, KIND_ADD, KIND_AVGPOOL, KIND_DW = 0, 1, 2, 3, 4
 #: Read latency (cycles) of the accelerator's block RAMs (arena, stores, place table):
-#: a read-address copy per block, the block with its output register, the row multiplexer
-#: in two registered levels (:class:`hwgen.hw.bram.BlockRam` ``latency=5``): a memory spread
-#: over the whole chip is crossed in cycles of its own.
-MEM_LATENCY = 5
+#: the read address into a root register (the arena and the stores have several readers:
+#: their address multiplexer ends there), a copy per block, the block with its output
+#: register, the row multiplexer in two registered levels (:class:`hwgen.hw.bram.BlockRam`
+#: ``latency=6``): a memory spread over the whole chip is crossed in cycles of its own.
+#: The root costs every layer two cycles (its first read, the place table's last write).
+MEM_LATENCY = 6
 _ADD_CFG = _add.CONFIG_LAYOUT
 #: Weight source of a layer: weight-store words, depthwise tap bytes, constant 1 (pooling).
 MODE_WORD, MODE_DW, MODE_ONES = 0, 1, 2

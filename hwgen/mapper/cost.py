@@ -106,14 +106,15 @@ __all__ = [
 # --- cycles -------------------------------------------------------------------------------
 #: Sequencer cycles per executed layer besides one PARAM cycle per output channel: FETCH, FETCH2,
 #: LATCH, START, WAIT1, WAIT2, NEXT, the registered layer-done flag and the placer's drain
-#: (hw/sequencer.py, hw/layer_io.py Placer).
-SEQ_OVERHEAD = 13
+#: (hw/sequencer.py, hw/layer_io.py Placer), and the block RAMs' address root
+#: (MEM_LATENCY 6: the first read and the place table's last lookup, a cycle each).
+SEQ_OVERHEAD = 15
 #: Systolic layer fill and drain: patch-address pipeline (17), array (11), requantiser input
 #: registers and pipeline (21), output FIFO, writer stages, placer (6), the registered
 #: writer-count compare and the credit loops, less what overlaps, with one operand-register
 #: stage in front of the multipliers (an array of more than 4 columns has two:
 #: :func:`sa_operand_stages`); fitted to the measured MobileNet 0.25/96 layers on its 4 x 12
-#: array (pw8 13,419, pw14 18,255, fc 591, GAP 5,705, conv1 62,349 cycles: all within
+#: array (pw8 13,421, pw14 18,257, fc 593, GAP 5,707, conv1 62,351 cycles: all within
 #: +-0.1 %).
 SA_PIPE = 61
 #: A step's last beat waits until the previous step's shadow bank has drained: the array's
@@ -138,7 +139,7 @@ DW_LOADER_CYCLES = 18
 DW_LATENCY = 52
 #: Max-pool unit: cycles per output element beyond its kh*kw taps: the last tap's read and
 #: the rescale-table read (MEM_LATENCY each, hw/layer_io.MaxPoolUnit), WRITE.
-MAXPOOL_EXTRA = 2 * 5 + 1
+MAXPOOL_EXTRA = 2 * 6 + 1
 #: Max-pool unit: start and placer latency.
 MAXPOOL_LATENCY = 5
 #: Add unit: read pipeline, FIFO, hw/add.py Adder.LATENCY (30), placer.
