@@ -19,7 +19,8 @@ one lane, one register stage per line (all stages advance together on a global e
          renormalises to 2**23 and msb += 1); value = A * 2**(msb - 23)
     S7.. P = A * m, 24 x 24 -> 48 bits on 4 MULT18X18D (UMul, latency 5)
     S12  float32 product: the 24 kept bits of P (from bit 23 or 24 depending on P[47]),
-         the round-half-even increment (round bit, sticky bits, lsb); R = e - msb - P[47]
+         the round-half-even increment's inputs (round bit, sticky bits, lsb);
+         R = e - msb - P[47]
     S13  P' = kept + increment (value = P' * 2**-R); R clamped to [0, 26]
     S14  P' << 26 >> (R rounded down to a multiple of 4)
     S15  x = P' << 26 >> R (integer part, round bit, sticky bits)
@@ -272,12 +273,18 @@ class Requantizer(wiring.Component):
             # S12: float32 product: select the 24 kept bits, round bit, sticky; R
             hi_bit = prod[47]
             keep12 = reg(unsigned(24), L + "keep12", Mux(hi_bit, prod[24:48], prod[23:47]))
-            up12 = reg(1, L + "up12", Mux(hi_bit, prod[23], prod[22]) &
-                       (Mux(hi_bit, prod[:23].any(), prod[:22].any()) |
-                        Mux(hi_bit, prod[24], prod[23])))
+            # the increment's inputs registered here, its gate in S13 (a wide OR straight
+            # behind the multiplier's output was one of the slowest paths): the sticky
+            # bits below bit 22 as ORs of four, bits 22-24 and P[47]
+            stk12 = [reg(1, L + f"stk12_{i}", prod[i:min(i + 4, 22)].any())
+                     for i in range(0, 22, 4)]
+            b12 = reg(unsigned(3), L + "b12", prod[22:25])
+            hi12 = reg(1, L + "hi12", hi_bit)
             r12 = reg(signed(8), L + "r12", e11 - msb11 - hi_bit)
             neg12 = reg(1, L + "neg12", neg11)
             # S13: rounded product P' (25 bits: a carry is kept); R clamped to [0, 26]
+            any22 = Cat(*stk12).any()
+            up12 = Mux(hi12, b12[1] & (any22 | b12[0] | b12[2]), b12[0] & (any22 | b12[1]))
             p13 = reg(unsigned(25), L + "p13", keep12 + up12)
             rc13 = reg(unsigned(5), L + "rc13", Mux(r12 < 0, 0, Mux(r12 > 26, 26, r12)))
             neg13 = reg(1, L + "neg13", neg12)
