@@ -623,21 +623,22 @@ class SystolicArray(wiring.Component):
         # (kept apart on ECP5: a row's or column's multipliers sit in DSP sites spread over
         # the die, a shared operand register would reach them all in one cycle). A row's
         # activation reaches its C multipliers through a tree of copies (four loads each:
-        # TL stages); a column's weight reaches its R through TL - 1 plain stages and a copy
-        # per multiplier.
+        # TL stages); a column's weight reaches its R the same way: with TL = 2 a copy per
+        # multiplier of the column's weight, then the multiplier's own copy (a chain the
+        # placer can stretch towards each DSP site; one register per column for all R
+        # was a 10 ns hop in a bad placement).
         TL = kept_tree_latency(C)
-        w_src = s3_w
-        for i in range(TL - 1):
-            nxt = Signal(data.ArrayLayout(signed(8), C), name=f"s3_w_d{i}")
-            m.d.sync += nxt.eq(w_src)
-            w_src = nxt
+        assert TL in (1, 2)
+        w_src = [[s3_w[c].as_unsigned() if TL == 1 else
+                  kept_reg(m, s3_w[c].as_unsigned(), f"w_d_r{r}_c{c}", prim)
+                  for c in range(C)] for r in range(R)]
         prods = [[None] * C for _ in range(R)]
         for r in range(R):
             a_ops = kept_tree(m, s3_a[r].as_unsigned(), C, f"a_r{r}_c", prim)
             for c in range(C):
                 mul = Mult18(use_primitive=p.use_primitive)
                 m.submodules[f"mul_r{r}_c{c}"] = mul
-                w_op = kept_reg(m, w_src[c].as_unsigned(), f"w_r{r}_c{c}", prim)
+                w_op = kept_reg(m, w_src[r][c], f"w_r{r}_c{c}", prim)
                 m.d.comb += [mul.a.eq(a_ops[c].as_signed()), mul.b.eq(w_op.as_signed())]
                 prods[r][c] = mul.p[:17].as_signed()   # 9 x 8 bit product: 17 bits
         dly = s3
