@@ -272,10 +272,13 @@ class Requantizer(wiring.Component):
             neg11 = delay(neg6, 5, L + "neg6")
             # S12: float32 product: select the 24 kept bits, round bit, sticky; R
             hi_bit = prod[47]
-            keep12 = reg(unsigned(24), L + "keep12", Mux(hi_bit, prod[24:48], prod[23:47]))
+            kept = Mux(hi_bit, prod[24:48], prod[23:47])
+            keep12 = reg(unsigned(24), L + "keep12", kept)
+            keep12_p1 = reg(unsigned(25), L + "keep12_p1", kept + 1)
             # the increment's inputs registered here, its gate in S13 (a wide OR straight
             # behind the multiplier's output was one of the slowest paths): the sticky
-            # bits below bit 22 as ORs of four, bits 22-24 and P[47]
+            # bits below bit 22 as ORs of four, bits 22-24 and P[47]; the kept bits + 1
+            # too, so S13 selects (no carry chain behind the gate)
             stk12 = [reg(1, L + f"stk12_{i}", prod[i:min(i + 4, 22)].any())
                      for i in range(0, 22, 4)]
             b12 = reg(unsigned(3), L + "b12", prod[22:25])
@@ -285,7 +288,7 @@ class Requantizer(wiring.Component):
             # S13: rounded product P' (25 bits: a carry is kept); R clamped to [0, 26]
             any22 = Cat(*stk12).any()
             up12 = Mux(hi12, b12[1] & (any22 | b12[0] | b12[2]), b12[0] & (any22 | b12[1]))
-            p13 = reg(unsigned(25), L + "p13", keep12 + up12)
+            p13 = reg(unsigned(25), L + "p13", Mux(up12, keep12_p1, keep12))
             rc13 = reg(unsigned(5), L + "rc13", Mux(r12 < 0, 0, Mux(r12 > 26, 26, r12)))
             neg13 = reg(1, L + "neg13", neg12)
             # S14, S15: shift right by R keeping round and sticky bits: x = P' * 2**26 >> R,
