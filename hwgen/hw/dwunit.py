@@ -210,8 +210,8 @@ class DwUnit(wiring.Component):
 
         # ---- control -----------------------------------------------------------------------
         busy = Signal()         # a layer is running (until its last write request)
-        # the stream is issuing: from the setup's end to the last emission (one register,
-        # so the issue decision go is a gate from two flip-flops)
+        # the stream is issuing: from the setup's end to the last emission (the issue
+        # decision go = live & ok is a register of its own, see go_r)
         live = Signal()
         lrun = Signal()         # loader active (from start to the last write request)
         setup = Signal(range(self.SETUP + 1))
@@ -307,10 +307,6 @@ class DwUnit(wiring.Component):
         ox, oy, og = Signal(16), Signal(16), Signal(16)
         row0, col0 = Signal(signed(18)), Signal(signed(18))
         go = Signal()
-        # "parameters of the stream's output channel og are loaded", as a register: og of the
-        # next cycle compared with ld_ch of this one (ld_ch only grows, so it may lag by a
-        # cycle, never lead)
-        ok = Signal()
         # "counter at its last value" flags, registers (no wide compare before the enables)
         x_last, y_last, ox_last, oy_last, og_last = (
             Signal(name=n) for n in ("x_last", "y_last", "ox_last", "oy_last", "og_last"))
@@ -318,11 +314,19 @@ class DwUnit(wiring.Component):
         # og + 1 in a register of its own, and compares only as wide as the channel count
         og_p1 = Signal(16)
         cb = max(1, ceil_log2(self.max_channels + 1))
-        m.d.sync += ok.eq(Mux(go & og_adv, ld_ch[:cb] > og_p1[:cb], ld_ch[:cb] > og[:cb]))
-        m.d.comb += [go.eq(live & ok), self.rd_addr.eq(addr)]
+        # ok: "parameters of the stream's output channel og are loaded" for the next cycle:
+        # og of the next cycle compared with ld_ch of this one (ld_ch only grows, so it may
+        # lag by a cycle, never lead)
+        ok_n = Mux(go & og_adv, ld_ch[:cb] > og_p1[:cb], ld_ch[:cb] > og[:cb])
+        # live's next value, and go itself a register (go_r = live & ok of the next cycle):
+        # the issue decision reaches the stream's ~200 flip-flops straight from a flip-flop
+        live_n = Mux(go & og_adv & og_last, 0, Mux(setup_end, 1, Mux(self.start, 0, live)))
+        go_r = Signal()
+        m.d.sync += [live.eq(live_n), go_r.eq(live_n & ok_n)]
+        m.d.comb += [go.eq(go_r), self.rd_addr.eq(addr)]
 
         with m.If(self.start):     # the loader starts at once, the stream after the setup
-            m.d.sync += [busy.eq(1), live.eq(0), setup.eq(self.SETUP), lrun.eq(1), ld_ch.eq(0),
+            m.d.sync += [busy.eq(1), setup.eq(self.SETUP), lrun.eq(1), ld_ch.eq(0),
                          li.eq(0), lact.eq(0), tptr.eq(d.w_base), cptr.eq(d.ch_base), freed.eq(0),
                          freed_p1.eq(1), in_setup.eq(1), setup_end.eq(self.SETUP == 1)]
         with m.Elif(in_setup):
@@ -331,7 +335,7 @@ class DwUnit(wiring.Component):
         # idle), so the stream's registers load on setup_end alone (start is not in front
         # of their enables)
         with m.If(setup_end):
-            m.d.sync += [live.eq(1), ix.eq(0), iy.eq(0), cbase.eq(d.in_addr),
+            m.d.sync += [ix.eq(0), iy.eq(0), cbase.eq(d.in_addr),
                          cbase_p1.eq(d.in_addr + 1),
                          emit.eq(first == 0), dist.eq(first), ox.eq(0), oy.eq(0), og.eq(0),
                          og_p1.eq(1),
@@ -355,7 +359,7 @@ class DwUnit(wiring.Component):
                     with m.If(oy_last):
                         m.d.sync += [oy.eq(0), oy_last.eq(ohm1 == 0), row0.eq(-d.pad_t)]
                         with m.If(og_last):
-                            m.d.sync += [live.eq(0), emit.eq(0)]
+                            m.d.sync += emit.eq(0)              # and live (live_n)
                         with m.Else():
                             m.d.sync += [og.eq(og_p1), og_p1.eq(og_p1 + 1), og_last.eq(og == cm2),
                                          dist.eq(grp_m1),
