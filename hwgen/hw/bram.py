@@ -134,9 +134,13 @@ class BlockRam(wiring.Component):
 
     @property
     def write_stages(self) -> int:
-        """Register stages in front of the write port (latency 4 and up: one, a copy per
-        block): a write lands this many cycles after ``w_en``."""
-        return 1 if self.writable and self.latency >= 4 else 0
+        """Register stages in front of the write port (latency 4 and 5: one, a copy per
+        block; 6 and up: two, a root register and the copies per block, so the writer's
+        address and data do not fan out over the die): a write lands this many cycles after
+        ``w_en``."""
+        if not self.writable or self.latency < 4:
+            return 0
+        return 1 if self.latency < 6 else 2
 
     @property
     def geometry(self) -> tuple[int, int, int]:
@@ -175,7 +179,7 @@ class BlockRam(wiring.Component):
             if self.writable:
                 wp = mem.write_port()
                 w_addr, w_data, w_en = self.w_addr, self.w_data, self.w_en
-                if self.write_stages:
+                for _ in range(self.write_stages):
                     w_addr, w_data, w_en = registered_write(m, w_addr, w_data, w_en)
                 m.d.comb += [wp.addr.eq(w_addr), wp.data.eq(w_data), wp.en.eq(w_en)]
             return m
@@ -205,6 +209,9 @@ class BlockRam(wiring.Component):
         #      block, output register, per-block register, multiplexer into a register
         #   8: as 7 with a copy per block column and group of four rows between the root and
         #      the second copies (a column's root loads ceil(rows / 4) registers, not rows)
+        w_src = (self.w_addr, self.w_data, self.w_en) if self.writable else None
+        if self.write_stages == 2:      # the write's root register
+            w_src = registered_write(m, *w_src)
         root = self.r_addr
         if lat == 6:
             root = Signal.like(self.r_addr, name="ra_root")
@@ -251,13 +258,13 @@ class BlockRam(wiring.Component):
                     r_addr = _kept_reg(m, src, self.r_en, f"rb_{r}_{c}")
                 if addr_copy:
                     r_addr = _kept_reg(m, r_addr[:min(aw, wbits)], self.r_en, f"ra_{r}_{c}")
-                w_addr, w_data = self.w_addr if self.writable else None, None
+                w_addr, w_data = w_src[0] if self.writable else None, None
                 if self.writable:
-                    w_data = self.w_data[lo:lo + n]
-                    wen = self.w_en if rows == 1 else self.w_en & (self.w_addr[wbits:] == r)
+                    w_data = w_src[1][lo:lo + n]
+                    wen = w_src[2] if rows == 1 else w_src[2] & (w_src[0][wbits:] == r)
                     if self.write_stages:
                         # the write reaches each block from registers of its own (kept)
-                        wq = _kept_reg(m, Cat(self.w_addr[:min(aw, wbits)], w_data, wen),
+                        wq = _kept_reg(m, Cat(w_src[0][:min(aw, wbits)], w_data, wen),
                                        Const(1, 1), f"wa_{r}_{c}")
                         w_addr, w_data, wen = wq, wq[min(aw, wbits):-1], wq[-1]
                 else:

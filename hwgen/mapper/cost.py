@@ -106,15 +106,16 @@ __all__ = [
 # --- cycles -------------------------------------------------------------------------------
 #: Sequencer cycles per executed layer besides one PARAM cycle per output channel: FETCH, FETCH2,
 #: LATCH, START, WAIT1, WAIT2, NEXT, the registered layer-done flag and the placer's drain
-#: (hw/sequencer.py, hw/layer_io.py Placer), and the block RAMs' address root
-#: (MEM_LATENCY 6: the first read and the place table's last lookup, a cycle each).
-SEQ_OVERHEAD = 15
+#: (hw/sequencer.py, hw/layer_io.py Placer), and the block RAMs' root registers
+#: (MEM_LATENCY 6: the first read and the place table's last lookup, a cycle each; the
+#: arena's write root: the last write lands a cycle later).
+SEQ_OVERHEAD = 16
 #: Systolic layer fill and drain: patch-address pipeline (17), array (11), requantiser input
 #: registers and pipeline (21), output FIFO, writer stages, placer (6), the registered
 #: writer-count compare and the credit loops, less what overlaps, with one operand-register
 #: stage in front of the multipliers (an array of more than 4 columns has two:
 #: :func:`sa_operand_stages`); fitted to the measured MobileNet 0.25/96 layers on its 4 x 12
-#: array (pw8 13,421, pw14 18,257, fc 593, GAP 5,707, conv1 62,351 cycles: all within
+#: array (pw8 13,422, pw14 18,258, fc 594, GAP 5,708, conv1 62,352 cycles: all within
 #: +-0.1 %).
 SA_PIPE = 61
 #: A step's last beat waits until the previous step's shadow bank has drained: the array's
