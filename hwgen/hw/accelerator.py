@@ -200,9 +200,10 @@ class Accelerator(wiring.Component):
         wiring.connect(m, patch.o_stream, sconv.a_stream)
         wiring.connect(m, wfeed.o_stream, sconv.w_stream)
         # the bias vector (C x 32 bits) crosses from the bias feeder to the array's
-        # accumulators through a register stage of its own
+        # accumulators through a register stage of its own (its C x 32 bits load on copies
+        # of the slice's flag, one per lane: v51s2 had the one flag's net at 12.1 ns)
         m.submodules.bslice = bslice = StreamSlice(bfeed.o_stream.payload.shape(),
-                                                   full_rate=False)
+                                                   full_rate=False, copies=C)
         wiring.connect(m, bfeed.o_stream, bslice.i_stream)
         wiring.connect(m, bslice.o_stream, sconv.b_stream)
         # between the array's output FIFO and the writer: a register stage that looks up the

@@ -14,10 +14,13 @@ consumer's ``ready`` into the producer.
 """
 from __future__ import annotations
 
-from amaranth import Module, Mux, Shape, Signal
+from amaranth import Module, Mux, Shape, Signal, Value
 from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
+
+from .bram import kept_reg
+from .dsp import use_primitive_for
 
 __all__ = ["CreditFifo", "SkidBuffer", "StreamSlice"]
 
@@ -170,10 +173,18 @@ class StreamSlice(wiring.Component):
     consumer's ready, keep that a register), one beat per cycle. ``full_rate=False``:
     ``i_stream.ready`` is ``~full`` (a register) and the data register's enable does not
     depend on the consumer at all, at most one beat every two cycles (for wide, rare beats).
+    ``copies`` (``full_rate=False`` only): the data register's enable comes from that many
+    copies of the ``full`` flag (kept apart on ECP5), each loading an equal slice of the
+    payload's bits, so a wide payload spread over the die does not hang on one flip-flop.
     """
 
-    def __init__(self, shape, full_rate: bool = True):
-        self.shape, self.full_rate = shape, full_rate
+    def __init__(self, shape, full_rate: bool = True, copies: int = 1):
+        self._MustUse__silence = True     # not elaborated if the check below fails
+        if copies < 1 or (copies > 1 and full_rate):
+            raise ValueError(f"StreamSlice copies must be >= 1, and 1 with full_rate, "
+                             f"got {copies!r}")
+        self._MustUse__silence = False
+        self.shape, self.full_rate, self.copies = shape, full_rate, copies
         super().__init__({"i_stream": In(stream.Signature(shape)),
                           "o_stream": Out(stream.Signature(shape))})
 
@@ -186,8 +197,19 @@ class StreamSlice(wiring.Component):
                      i.ready.eq(~full | o.ready if self.full_rate else ~full)]
         # the data register loads whenever it may (its enable never waits for the
         # producer's valid: a beat that is not there loads as junk behind full = 0)
-        with m.If(i.ready):
-            m.d.sync += [data.eq(i.payload), full.eq(i.valid)]
-        with m.Elif(o.ready):       # full_rate=False: the beat leaves, the next one loads later
-            m.d.sync += full.eq(0)
+        full_n = Mux(i.ready, i.valid, Mux(o.ready, 0, full))
+        m.d.sync += full.eq(full_n)
+        if self.copies == 1:
+            with m.If(i.ready):
+                m.d.sync += data.eq(i.payload)
+            return m
+        # full_rate=False: i.ready is ~full; each slice of the data loads on ~(its copy)
+        prim = use_primitive_for(platform, None)
+        raw, pay = Value.cast(data), Value.cast(i.payload)
+        n = len(raw)
+        step = -(-n // self.copies)
+        for k, lo in enumerate(range(0, n, step)):
+            f_k = kept_reg(m, full_n, f"full_c{k}", prim)
+            with m.If(~f_k):
+                m.d.sync += raw[lo:lo + step].eq(pay[lo:lo + step])
         return m

@@ -262,10 +262,14 @@ class DwUnit(wiring.Component):
         c_cur = (li <= cm1) & (li <= freed_p1)
         c_nxt = (li < cm1) & (li <= freed)
         may_r, nxt_r = Signal(), Signal()
-        m.d.sync += [may_r.eq(Mux(lact & (lk == 8), c_nxt, c_cur)), nxt_r.eq(c_nxt)]
+        # lk == 8 as a register (lk is 0 whenever lact is low): the loader's enables come
+        # from flip-flops
+        lk8 = Signal()
+        m.d.sync += lk8.eq(lact & (lk == 7))
+        m.d.sync += [may_r.eq(Mux(lk8, c_nxt, c_cur)), nxt_r.eq(c_nxt)]
         with m.If(lact):
             m.d.sync += [lk.eq(lk + 1), tptr.eq(tptr + 1)]
-            with m.If(lk == 8):
+            with m.If(lk8):
                 m.d.sync += [cptr.eq(cptr + 1), li.eq(li + 1), lk.eq(0), lact.eq(lrun & nxt_r)]
         with m.Elif(lrun & may_r):
             m.d.sync += [lact.eq(1), lk.eq(0)]
