@@ -273,6 +273,16 @@ class HostLink(wiring.Component):
         rx_fire = self.rx.valid & self.rx.ready
         byte = self.rx.payload
 
+        # the inter-byte timer: cycles since the last byte taken, in every state (a frame's
+        # SOF byte restarts it, so only the reception states look at timer_hit); no state
+        # decode in front of its 20 flip-flops but the receiver's ready (a synchronous reset)
+        with m.If(rx_fire):
+            m.d.sync += [timer.eq(0), timer_hit.eq(0)]
+        with m.Else():
+            # the compare feeds one flip-flop, not the reply registers' enables; the timer
+            # wraps while the link idles (timer_hit is then high for a cycle, unseen)
+            m.d.sync += [timer.eq(timer + 1), timer_hit.eq(timer == p.timeout_cycles - 2)]
+
         # the staging buffer: one address for both ports (a single-port block RAM, read
         # before write, no collision logic); writes are registered (one cycle after the byte)
         # bidx's clear and count come from flip-flops, not from a decode of the FSM state
@@ -291,8 +301,7 @@ class HostLink(wiring.Component):
             with m.State("SOF"):
                 m.d.comb += self.rx.ready.eq(1)
                 with m.If(rx_fire & (byte == SOF)):
-                    m.d.sync += [crc.eq(0xFFFF), timer.eq(0), timer_hit.eq(0), cmd.eq(0),
-                                 arg.eq(0)]
+                    m.d.sync += [crc.eq(0xFFFF), cmd.eq(0), arg.eq(0)]
                     m.next = "CMD"
 
             # reception states share the inter-byte timeout
@@ -300,7 +309,6 @@ class HostLink(wiring.Component):
                 with m.State(state):
                     m.d.comb += self.rx.ready.eq(1)
                     with m.If(rx_fire):
-                        m.d.sync += [timer.eq(0), timer_hit.eq(0)]
                         if state in ("CMD", "LEN0", "LEN1", "PAYLOAD"):
                             m.d.sync += crc.eq(crc16_step(crc, byte))
                         if state == "CMD":
@@ -337,10 +345,6 @@ class HostLink(wiring.Component):
                         # enables then decode the state only, not the receiver's valid
                         m.d.sync += [sh_en.eq(1), sh_load.eq(1), sh_timeout.eq(1)]
                         m.next = "TIMEOUT"
-                    with m.Else():
-                        # the compare feeds one flip-flop, not the reply registers' enables
-                        m.d.sync += [timer.eq(timer + 1),
-                                     timer_hit.eq(timer == p.timeout_cycles - 2)]
 
             with m.State("TIMEOUT"):
                 nak(Err.TIMEOUT)
