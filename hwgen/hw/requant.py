@@ -276,18 +276,19 @@ class Requantizer(wiring.Component):
             keep12 = reg(unsigned(24), L + "keep12", kept)
             keep12_p1 = reg(unsigned(25), L + "keep12_p1", kept + 1)
             # the increment's inputs registered here, its gate in S13 (a wide OR straight
-            # behind the multiplier's output was one of the slowest paths): the sticky
-            # bits below bit 22 as ORs of four, bits 22-24 and P[47]; the kept bits + 1
-            # too, so S13 selects (no carry chain behind the gate)
+            # behind the multiplier's output was one of the slowest paths): the round bit,
+            # the sticky bits below bit 22 as ORs of four, and the rest of the sticky-or-lsb
+            # term (bits 22-24 as P[47] picks them); the kept bits + 1 too, so S13 selects
+            # (no carry chain behind the gate). With P[47]: round P[23], sticky P[0:23],
+            # lsb P[24]; without: round P[22], sticky P[0:22], lsb P[23].
             stk12 = [reg(1, L + f"stk12_{i}", prod[i:min(i + 4, 22)].any())
                      for i in range(0, 22, 4)]
-            b12 = reg(unsigned(3), L + "b12", prod[22:25])
-            hi12 = reg(1, L + "hi12", hi_bit)
+            rnd12 = reg(1, L + "rnd12", Mux(hi_bit, prod[23], prod[22]))
+            rest12 = reg(1, L + "rest12", Mux(hi_bit, prod[22] | prod[24], prod[23]))
             r12 = reg(signed(8), L + "r12", e11 - msb11 - hi_bit)
             neg12 = reg(1, L + "neg12", neg11)
             # S13: rounded product P' (25 bits: a carry is kept); R clamped to [0, 26]
-            any22 = Cat(*stk12).any()
-            up12 = Mux(hi12, b12[1] & (any22 | b12[0] | b12[2]), b12[0] & (any22 | b12[1]))
+            up12 = rnd12 & Cat(*stk12, rest12).any()
             p13 = reg(unsigned(25), L + "p13", Mux(up12, keep12_p1, keep12))
             rc13 = reg(unsigned(5), L + "rc13", Mux(r12 < 0, 0, Mux(r12 > 26, 26, r12)))
             neg13 = reg(1, L + "neg13", neg12)
