@@ -143,7 +143,9 @@ class HostLink(wiring.Component):
         bw = buf.write_port()
         br = buf.read_port()
 
-        crc = Signal(16)
+        crc = Signal(16)                  # CRC of the frame being received
+        t_crc = Signal(16)                # CRC of the reply being sent (a register of its own:
+                                          # each has one update network behind it)
         cmd = Signal(8)
         length = Signal(16)
         idx = Signal(16)                  # payload byte index (reception)
@@ -240,7 +242,7 @@ class HostLink(wiring.Component):
         with m.If(self.tx.valid & self.tx.ready):
             m.d.sync += tx_full.eq(0)
             with m.If(tx_crc):
-                m.d.sync += crc.eq(crc16_step(crc, tx_byte))
+                m.d.sync += t_crc.eq(crc16_step(t_crc, tx_byte))
 
         def emit(value, in_crc, nxt):
             with m.If(~tx_full):
@@ -408,7 +410,7 @@ class HostLink(wiring.Component):
             # updated from that register as the byte leaves, so it never sees the state mux
             with m.State("T_SOF"):
                 with m.If(~tx_full):
-                    m.d.sync += crc.eq(0xFFFF)      # SOF is not covered by the CRC
+                    m.d.sync += t_crc.eq(0xFFFF)    # SOF is not covered by the CRC
                 emit(SOF, 0, "T_TYPE")
             with m.State("T_TYPE"):
                 emit(reply_type, 1, "T_LEN0")
@@ -436,9 +438,9 @@ class HostLink(wiring.Component):
                     if k + 1 == OUT_LATENCY:
                         m.d.sync += sh_en.eq(1)              # shift in T_FETCH
             with m.State("T_CRC0"):                 # tx_byte empty: the CRC is complete
-                emit(crc[:8], 0, "T_CRC1")
+                emit(t_crc[:8], 0, "T_CRC1")
             with m.State("T_CRC1"):
-                emit(crc[8:], 0, "SOF")
+                emit(t_crc[8:], 0, "SOF")
 
         m.d.sync += wdata.eq(br.data)
 
