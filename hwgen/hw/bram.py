@@ -97,8 +97,11 @@ class BlockRam(wiring.Component):
         before it), 6 (5 with the read address registered once more before the per-block
         copies: a root the shared read-address multiplexer of a memory with several readers
         ends in), 7 (a root per block column, a second copy per block between it and the
-        per-block copies, a fabric register per block, the multiplexer into a register), 8 (7 with a copy per block column and group of four rows between the root
-        and the second copies: no address register loads more than four of them).
+        per-block copies, a fabric register per block, the multiplexer into a register),
+        8 (7 with a copy per block column and group of four rows between the root and the
+        second copies: no address register loads more than four of them). From latency 4
+        the write reaches each block through a copy of its own, from 6 through a root
+        register first (:attr:`write_stages`).
 
     Members
     -------
