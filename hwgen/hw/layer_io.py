@@ -658,21 +658,30 @@ class BiasFeeder(wiring.Component):
         # OUT's work hangs on the registered out_v (high exactly in OUT), not on a decode of
         # the state register: the beat leaving reaches the counters through one gate
         m.d.comb += [self.o_stream.valid.eq(out_v), take.eq(out_v & self.o_stream.ready)]
-        # the sums the next beat needs, registered (obase and rem change only when a beat
-        # leaves, and beats leave at least MEM_LATENCY + 2 cycles apart): no adder behind take
+        # the values the next beat needs, registered (obase and rem change only when a beat
+        # leaves, and beats leave at least MEM_LATENCY + 2 cycles apart): the sums, then the
+        # choice by the counters' flags, so take only selects them (no adder and no flag
+        # logic behind it)
         obase_c, obase_r = Signal(24), Signal(24)
-        m.d.sync += [obase_c.eq(obase + C), obase_r.eq(obase + rem)]
+        obase_nx, rem_nx = Signal(24), Signal(signed(18))
+        m.d.sync += [obase_c.eq(obase + C), obase_r.eq(obase + rem),
+                     obase_nx.eq(Mux(ot_c.last, Mux(g_c.last, 0, obase_r), obase_c)),
+                     rem_nx.eq(Mux(ot_c.last, d.cout_g, rem_c))]
         with m.If(take):
+            m.d.sync += [out_v.eq(0), clr.eq(1), c.eq(0), obase.eq(obase_nx), rem.eq(rem_nx),
+                         left.eq(Mux(d.bias_zero, 0, Mux(ot_c.last, nv_first, nv_next)))]
+        # the tile / group / output-tile counters advance a cycle after the beat left (from
+        # a registered take; the FSM looked at their flags when it left, the next beat is
+        # lat + 1 cycles away); a start (which wraps them) comes only to an idle unit, long
+        # after its last beat left
+        took = Signal()
+        m.d.sync += took.eq(take)
+        with m.If(took):
             ot_c.advance()
-            m.d.sync += [out_v.eq(0), clr.eq(1), c.eq(0), obase.eq(obase_c),
-                         rem.eq(rem_c), left.eq(Mux(d.bias_zero, 0, nv_next))]
             with m.If(ot_c.last):
                 g_c.advance()
-                m.d.sync += [rem.eq(d.cout_g), obase.eq(obase_r),
-                             left.eq(Mux(d.bias_zero, 0, nv_first))]
                 with m.If(g_c.last):
                     pt_c.step()
-                    m.d.sync += obase.eq(0)
         return m
 
 
