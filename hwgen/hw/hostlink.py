@@ -249,8 +249,8 @@ class HostLink(wiring.Component):
                 m.d.sync += [tx_byte.eq(value), tx_full.eq(1), tx_crc.eq(in_crc)]
                 m.next = nxt
 
-        def reply(rtype, rlen):
-            m.d.sync += [reply_type.eq(rtype), reply_len.eq(rlen), t_left.eq(rlen)]
+        def reply():
+            # reply_type / reply_len / t_left were loaded with the verdict (rp_*, below)
             m.next = "T_SOF"
 
         def nak(code):
@@ -258,7 +258,7 @@ class HostLink(wiring.Component):
             # or on the way into TIMEOUT (sh_load below)
             m.d.sync += [nak_count.eq(nak_count + 1), last_err.eq(code), self.link_error.eq(1),
                          is_logits.eq(0)]
-            reply(NAK, 2)
+            reply()                                  # NAK, 2 bytes
 
         # --- the reply payload register ----------------------------------------------------
         # 144 flip-flops: their enable and select are flip-flops set in the state before
@@ -271,6 +271,20 @@ class HostLink(wiring.Component):
         loaded = Cat(Mux(nak_code != 0, Cat(nak_code, cmd), status_now[:16]), status_now[16:])
         with m.If(sh_en):
             m.d.sync += shreg.eq(Mux(sh_load, loaded, shreg >> 8))
+        # the reply's type and length load at the same points (sh_load: CHECKB, or on the
+        # way into TIMEOUT), from the verdict and the command: the states that send the
+        # reply only move to T_SOF, nothing wide hangs on their decode
+        rp_type, rp_len = Signal(8), Signal(16)
+        with m.Switch(cmd):
+            with m.Case(Cmd.READ_LOGITS):
+                m.d.comb += rp_len.eq(lg_cnt)
+            with m.Case(Cmd.READ_STATUS):
+                m.d.comb += rp_len.eq(STATUS_BYTES)
+        m.d.comb += rp_type.eq(ACK_BIT | cmd)
+        with m.If(nak_code != 0):
+            m.d.comb += [rp_type.eq(NAK), rp_len.eq(2)]
+        with m.If(sh_load):
+            m.d.sync += [reply_type.eq(rp_type), reply_len.eq(rp_len), t_left.eq(rp_len)]
 
         rx_fire = self.rx.valid & self.rx.ready
         byte = self.rx.payload
@@ -376,14 +390,14 @@ class HostLink(wiring.Component):
                         with m.Case(Cmd.START):
                             m.d.sync += start.eq(1)
                             m.d.sync += self.done_seen.eq(0)
-                            reply(ACK_BIT | Cmd.START, 0)
+                            reply()
                         with m.Case(Cmd.READ_LOGITS):
-                            reply(ACK_BIT | Cmd.READ_LOGITS, lg_cnt)
+                            reply()                  # lg_cnt logits
                         with m.Case(Cmd.READ_STATUS):
-                            reply(ACK_BIT | Cmd.READ_STATUS, STATUS_BYTES)
+                            reply()                  # the status
                         with m.Case(Cmd.CLEAR):
                             m.d.sync += [nak_count.eq(0), last_err.eq(0), self.link_error.eq(0)]
-                            reply(ACK_BIT | Cmd.CLEAR, 0)
+                            reply()
 
             # commit: three cycles per byte (address the staging buffer, its output lands in
             # wdata, write it), so img_wr is driven from flip-flops only: wdata follows the
@@ -401,7 +415,7 @@ class HostLink(wiring.Component):
                     m.d.sync += [waddr.eq(waddr + 1), c_left.eq(c_left - 1),   # bidx: c_wr
                                  c_one.eq(c_left == 2), c_wr.eq(0)]
                     with m.If(c_one):
-                        reply(ACK_BIT | Cmd.LOAD_IMAGE, 0)
+                        reply()
                     with m.Else():
                         m.next = "COMMIT"
 
