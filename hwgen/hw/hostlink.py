@@ -254,26 +254,25 @@ class HostLink(wiring.Component):
             m.next = "T_SOF"
 
         def nak(code):
-            # the payload (code, cmd) is already in shreg: loaded with the verdict in CHECKB
-            # or on the way into TIMEOUT (sh_load below)
+            # the payload (code, cmd) goes into shreg's low bytes in this cycle (v_load below)
             m.d.sync += [nak_count.eq(nak_count + 1), last_err.eq(code), self.link_error.eq(1),
                          is_logits.eq(0)]
             reply()                                  # NAK, 2 bytes
 
         # --- the reply payload register ----------------------------------------------------
         # 144 flip-flops: their enable and select are flip-flops set in the state before
-        # (sh_en: load or shift next cycle, sh_load: load), not a decode of the FSM state.
-        # The load is the status, or the NAK payload (code, cmd) in the low two bytes.
-        sh_en, sh_load, sh_timeout = Signal(), Signal(), Signal()
-        m.d.sync += [sh_en.eq(0), sh_load.eq(0), sh_timeout.eq(0)]    # set by the FSM below
-        nak_code = Signal(8)
-        m.d.comb += nak_code.eq(Mux(sh_timeout, Err.TIMEOUT, check))
-        loaded = Cat(Mux(nak_code != 0, Cat(nak_code, cmd), status_now[:16]), status_now[16:])
+        # (sh_en: load or shift next cycle, sh_load: load the status), not a decode of the
+        # FSM state. The verdict (v_load: high in CHECK and in TIMEOUT, from flip-flops
+        # set the cycle before) puts a NAK's payload (code, cmd) in the low two bytes, and
+        # the reply's type and length: the states that send the reply only move to T_SOF
+        sh_en, sh_load, sh_timeout, sh_check = Signal(), Signal(), Signal(), Signal()
+        m.d.sync += [sh_en.eq(0), sh_load.eq(0), sh_timeout.eq(0), sh_check.eq(0)]
         with m.If(sh_en):
-            m.d.sync += shreg.eq(Mux(sh_load, loaded, shreg >> 8))
-        # the reply's type and length load at the same points (sh_load: CHECKB, or on the
-        # way into TIMEOUT), from the verdict and the command: the states that send the
-        # reply only move to T_SOF, nothing wide hangs on their decode
+            m.d.sync += shreg.eq(Mux(sh_load, status_now, shreg >> 8))
+        v_load = sh_check | sh_timeout
+        v_bad = sh_timeout | check_bad
+        with m.If(v_load & v_bad):
+            m.d.sync += shreg[:16].eq(Cat(Mux(sh_timeout, Err.TIMEOUT, check_r), cmd))
         rp_type, rp_len = Signal(8), Signal(16)
         with m.Switch(cmd):
             with m.Case(Cmd.READ_LOGITS):
@@ -281,9 +280,9 @@ class HostLink(wiring.Component):
             with m.Case(Cmd.READ_STATUS):
                 m.d.comb += rp_len.eq(STATUS_BYTES)
         m.d.comb += rp_type.eq(ACK_BIT | cmd)
-        with m.If(nak_code != 0):
+        with m.If(v_bad):
             m.d.comb += [rp_type.eq(NAK), rp_len.eq(2)]
-        with m.If(sh_load):
+        with m.If(v_load):
             m.d.sync += [reply_type.eq(rp_type), reply_len.eq(rp_len), t_left.eq(rp_len)]
 
         rx_fire = self.rx.valid & self.rx.ready
@@ -367,7 +366,7 @@ class HostLink(wiring.Component):
 
             with m.State("CHECKA"):
                 m.d.sync += stage_a
-                m.d.sync += [sh_en.eq(1), sh_load.eq(1),      # shreg: status or NAK payload
+                m.d.sync += [sh_en.eq(1), sh_load.eq(1),      # shreg: the status
                              bidx_clr.eq(1)]                  # the commit reads from 0
                 m.next = "CHECKB"
 
@@ -377,7 +376,8 @@ class HostLink(wiring.Component):
                                             & range_ok)),
                              c_left.eq(n_data), c_one.eq(length == 5),
                              raddr.eq(lg_off),
-                             is_logits.eq(cmd == Cmd.READ_LOGITS)]
+                             is_logits.eq(cmd == Cmd.READ_LOGITS),
+                             sh_check.eq(1)]                  # the verdict loads in CHECK
                 m.next = "CHECK"
 
             with m.State("CHECK"):
