@@ -211,8 +211,10 @@ class Accelerator(wiring.Component):
         # so no channel arithmetic sits on a ready path
         olay = sconv.o_stream.payload.shape()
         nv_depth = max(f["out_c"] for f in descs if not f["skip"])
-        m.submodules.nvtab = nvtab = BlockRam(8, nv_depth, use_primitive=False, name="nvtab")
-        wlay = data.StructLayout({"beat": olay, "nv_m1": unsigned(8)})
+        # (each word: nv - 1 and the flags nv == 1, nv == 2, so the writer compares nothing)
+        m.submodules.nvtab = nvtab = BlockRam(10, nv_depth, use_primitive=False, name="nvtab")
+        wlay = data.StructLayout({"beat": olay, "nv_m1": unsigned(8), "nv_one": unsigned(1),
+                                  "nv_two": unsigned(1)})
         # (a skid buffer: its ready is a register, so the writer's ready stops there and
         # never reaches the FIFO's read enable and output register)
         m.submodules.oslice = oslice = SkidBuffer(wlay)
@@ -222,14 +224,18 @@ class Accelerator(wiring.Component):
         take = so.valid & (~s_v | oslice.i_stream.ready)
         m.d.comb += [so.ready.eq(~s_v | oslice.i_stream.ready),
                      nvtab.w_en.eq(seq.pt_en), nvtab.w_addr.eq(seq.pt_addr),
-                     nvtab.w_data.eq(seq.nv_data),
+                     nvtab.w_data.eq(Cat(seq.nv_data, seq.nv_data == 0, seq.nv_data == 1)),
                      nvtab.r_addr.eq(so.payload.ch), nvtab.r_en.eq(take),
                      oslice.i_stream.valid.eq(s_v),
                      oslice.i_stream.payload.beat.eq(s_beat),
-                     oslice.i_stream.payload.nv_m1.eq(nvtab.r_data),
+                     oslice.i_stream.payload.nv_m1.eq(nvtab.r_data[:8]),
+                     oslice.i_stream.payload.nv_one.eq(nvtab.r_data[8]),
+                     oslice.i_stream.payload.nv_two.eq(nvtab.r_data[9]),
                      writer.i_stream.valid.eq(oslice.o_stream.valid),
                      writer.i_stream.payload.eq(oslice.o_stream.payload.beat),
                      writer.nv_m1.eq(oslice.o_stream.payload.nv_m1),
+                     writer.nv_one.eq(oslice.o_stream.payload.nv_one),
+                     writer.nv_two.eq(oslice.o_stream.payload.nv_two),
                      oslice.o_stream.ready.eq(writer.i_stream.ready)]
         with m.If(take):
             m.d.sync += [s_v.eq(1), s_beat.eq(so.payload)]

@@ -59,14 +59,14 @@ the same code at mem_latency=1: 1784 LUT4 + 701 CCU2C, 2702 FF, 133.7-136.6 MHz 
 """
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, signed
+from amaranth import Cat, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from .bram import registered_write
-from .dsp import Mult18
+from .bram import kept_reg, registered_write
+from .dsp import Mult18, use_primitive_for
 from .layer_io import DESC
 from .requant import Requantizer, RequantParams
 
@@ -207,11 +207,20 @@ class DwUnit(wiring.Component):
         grp_is1 = r(1, "grp_is1", step_grp == 1)
         col_m1 = r(18, "col_m1", d.sw - 1)
         col_is1 = r(1, "col_is1", d.sw == 1)
+        # the window's top row / left column at the first output and one step further
+        # (row0 / col0 step through registers holding their next value: no adder between
+        # the issue decision and them)
+        row_i = r(signed(18), "row_i", -d.pad_t)
+        col_i = r(signed(18), "col_i", -d.pad_l)
+        row_ip = r(signed(18), "row_ip", d.sh - d.pad_t)
+        col_ip = r(signed(18), "col_ip", d.sw - d.pad_l)
+        sh_l = r(2, "sh_l", d.sh)
+        sw_l = r(2, "sw_l", d.sw)
 
         # ---- control -----------------------------------------------------------------------
         busy = Signal()         # a layer is running (until its last write request)
         # the stream is issuing: from the setup's end to the last emission (the issue
-        # decision go = live & ok is a register of its own, see go_r)
+        # decision go = live & ok is a register of its own, see go_k)
         live = Signal()
         lrun = Signal()         # loader active (from start to the last write request)
         setup = Signal(range(self.SETUP + 1))
@@ -309,7 +318,8 @@ class DwUnit(wiring.Component):
         # a group step <= 7W), so a short down-counter
         dist = Signal((8 * self.max_width + 2).bit_length())
         ox, oy, og = Signal(16), Signal(16), Signal(16)
-        row0, col0 = Signal(signed(18)), Signal(signed(18))
+        row0, col0 = Signal(signed(18), name="row0"), Signal(signed(18), name="col0")
+        row0_p, col0_p = Signal(signed(18), name="row0_p"), Signal(signed(18), name="col0_p")
         go = Signal()
         # "counter at its last value" flags, registers (no wide compare before the enables)
         x_last, y_last, ox_last, oy_last, og_last = (
@@ -322,12 +332,17 @@ class DwUnit(wiring.Component):
         # og of the next cycle compared with ld_ch of this one (ld_ch only grows, so it may
         # lag by a cycle, never lead)
         ok_n = Mux(go & og_adv, ld_ch[:cb] > og_p1[:cb], ld_ch[:cb] > og[:cb])
-        # live's next value, and go itself a register (go_r = live & ok of the next cycle):
+        # live's next value, and go itself a register (live & ok of the next cycle):
         # the issue decision reaches the stream's ~200 flip-flops straight from a flip-flop
         live_n = Mux(go & og_adv & og_last, 0, Mux(setup_end, 1, Mux(self.start, 0, live)))
-        go_r = Signal()
-        m.d.sync += [live.eq(live_n), go_r.eq(live_n & ok_n)]
-        m.d.comb += [go.eq(go_r), self.rd_addr.eq(addr)]
+        # go in three copies (kept apart on ECP5): the position / emission control, the read
+        # address, the metadata chains (v54s3: the one go 3.4 ns from the control)
+        go_k = kept_reg(m, Cat(*[live_n & ok_n] * 3), "dwu_go",
+                        use_primitive_for(platform, self.use_primitive))
+        go_a, go_s = Signal(), Signal()
+        m.d.sync += live.eq(live_n)
+        m.d.comb += [go.eq(go_k[0]), go_a.eq(go_k[1]), go_s.eq(go_k[2]),
+                     self.rd_addr.eq(addr)]
 
         with m.If(self.start):     # the loader starts at once, the stream after the setup
             m.d.sync += [busy.eq(1), setup.eq(self.SETUP), lrun.eq(1), ld_ch.eq(0),
@@ -343,7 +358,7 @@ class DwUnit(wiring.Component):
                          cbase_p1.eq(d.in_addr + 1),
                          emit.eq(first == 0), dist.eq(first), ox.eq(0), oy.eq(0), og.eq(0),
                          og_p1.eq(1),
-                         row0.eq(-d.pad_t), col0.eq(-d.pad_l),
+                         row0.eq(row_i), col0.eq(col_i), row0_p.eq(row_ip), col0_p.eq(col_ip),
                          x_last.eq(wm1 == 0), y_last.eq(hm1 == 0), ox_last.eq(owm1 == 0),
                          oy_last.eq(ohm1 == 0), og_last.eq(cm1 == 0)]
 
@@ -359,9 +374,11 @@ class DwUnit(wiring.Component):
                 m.d.sync += [ix.eq(ix + 1), x_last.eq(ix == wm2)]
             with m.If(emit):
                 with m.If(ox_last):
-                    m.d.sync += [ox.eq(0), ox_last.eq(owm1 == 0), col0.eq(-d.pad_l)]
+                    m.d.sync += [ox.eq(0), ox_last.eq(owm1 == 0), col0.eq(col_i),
+                                 col0_p.eq(col_ip)]
                     with m.If(oy_last):
-                        m.d.sync += [oy.eq(0), oy_last.eq(ohm1 == 0), row0.eq(-d.pad_t)]
+                        m.d.sync += [oy.eq(0), oy_last.eq(ohm1 == 0), row0.eq(row_i),
+                                     row0_p.eq(row_ip)]
                         with m.If(og_last):
                             m.d.sync += emit.eq(0)              # and live (live_n)
                         with m.Else():
@@ -369,16 +386,17 @@ class DwUnit(wiring.Component):
                                          dist.eq(grp_m1),
                                          emit.eq(grp_is1)]
                     with m.Else():
-                        m.d.sync += [oy.eq(oy + 1), oy_last.eq(oy == ohm2), row0.eq(row0 + d.sh),
-                                     dist.eq(row_m1), emit.eq(row_is1)]
+                        m.d.sync += [oy.eq(oy + 1), oy_last.eq(oy == ohm2), row0.eq(row0_p),
+                                     row0_p.eq(row0_p + sh_l), dist.eq(row_m1),
+                                     emit.eq(row_is1)]
                 with m.Else():
-                    m.d.sync += [ox.eq(ox + 1), ox_last.eq(ox == owm2), col0.eq(col0 + d.sw),
-                                 dist.eq(col_m1), emit.eq(col_is1)]
+                    m.d.sync += [ox.eq(ox + 1), ox_last.eq(ox == owm2), col0.eq(col0_p),
+                                 col0_p.eq(col0_p + sw_l), dist.eq(col_m1), emit.eq(col_is1)]
             with m.Else():      # emit == (dist == 0) always: not emitting means dist > 0
                 m.d.sync += [dist.eq(dist - 1), emit.eq(dist == 1)]
         # the read address in one enable (setup_end and go never meet) and a data select
         # from registers: the step's decision reaches its flip-flops' enable only
-        with m.If(setup_end | go):
+        with m.If(setup_end | go_a):
             m.d.sync += addr.eq(Mux(setup_end, d.in_addr,
                                     Mux(x_last & y_last, cbase_p1, addr + d.in_pitch)))
 
@@ -399,13 +417,12 @@ class DwUnit(wiring.Component):
         for i in range(3):
             m.d.comb += [rmask_i[i].eq((row0 + i >= 0) & (row0 + i <= hm1)),
                          cmask_i[i].eq((col0 + i >= 0) & (col0 + i <= wm1))]
-        go_s = Signal()
         emit_s = Signal()
-        m.d.comb += [go_s.eq(go), emit_s.eq(go & emit)]
+        m.d.comb += emit_s.eq(go_s & emit)
         v = chain(go_s, 4 + x, "v")
         e = chain(emit_s, 5 + x, "e")
         elast_s = Signal()           # the channel's last output
-        m.d.comb += elast_s.eq(go & og_adv)
+        m.d.comb += elast_s.eq(go_s & og_adv)
         el = chain(elast_s, 5 + x, "el")
         ogc = chain(og, 5 + x, "og")
         rm = chain(rmask_i, 5 + x, "rm")

@@ -699,7 +699,8 @@ class OutputWriter(wiring.Component):
     Members
     -------
     desc: In(DESC). start: In(1). count: Out(32).
-    i_stream: In(stream of {y: cols x int8, ch, pix}). nv_m1: In, lanes of the beat - 1.
+    i_stream: In(stream of {y: cols x int8, ch, pix}). nv_m1: In, lanes of the beat - 1;
+    nv_one, nv_two: In, flags nv == 1 and nv == 2 (looked up with nv_m1).
     wr_en, wr_pix, wr_ch, wr_data: the write request (:class:`Placer`).
     """
 
@@ -708,6 +709,7 @@ class OutputWriter(wiring.Component):
         super().__init__({
             "desc": In(DESC), "start": In(1), "count": Out(32),
             "i_stream": In(stream.Signature(in_layout)), "nv_m1": In(range(cols)),
+            "nv_one": In(1), "nv_two": In(1),
             "wr_en": Out(1), "wr_pix": Out(24), "wr_ch": Out(16), "wr_data": Out(signed(8)),
         })
 
@@ -727,7 +729,10 @@ class OutputWriter(wiring.Component):
         have = Signal()
         rdy = Signal(init=1)
         nxt = Signal(range(C + 1), init=1)     # the next lane's index
-        rdy_n = Mux(rdy, ~s.valid | (self.nv_m1 == 0), nxt == nv)
+        # last: nxt == nv, a register (the beat's flags give it at the load), so ready's
+        # next value is one gate behind the beat's valid and nv == 1 flag
+        last = Signal()
+        rdy_n = Mux(rdy, ~s.valid | self.nv_one, last)
         n_sel = kept_reg(m, Cat(*[~rdy_n] * C), "wr_nsel", use_primitive_for(platform, None))
         m.d.comb += [s.ready.eq(rdy),
                      self.wr_pix.eq(cur.pix), self.wr_ch.eq(cur.ch),
@@ -737,9 +742,9 @@ class OutputWriter(wiring.Component):
         m.d.sync += [cur.y[k].eq(Mux(n_sel[k], cur.y[k + 1], s.payload.y[k])) for k in range(C - 1)]
         with m.If(rdy):
             m.d.sync += [cur.ch.eq(s.payload.ch), cur.pix.eq(s.payload.pix), nv.eq(self.nv_m1),
-                         have.eq(s.valid), nxt.eq(1)]
+                         have.eq(s.valid), nxt.eq(1), last.eq(self.nv_two)]
         with m.Else():
-            m.d.sync += [cur.ch.eq(cur.ch + 1), nxt.eq(nxt + 1)]
+            m.d.sync += [cur.ch.eq(cur.ch + 1), nxt.eq(nxt + 1), last.eq(nxt + 1 == nv)]
         with m.If(self.start):
             m.d.sync += self.count.eq(0)
         with m.Elif(have & rdy):            # a beat's last lane is written
