@@ -35,7 +35,7 @@ from amaranth.lib.wiring import In, Out
 
 from . import add as _add
 from .credit import CreditFifo
-from .bram import kept_reg
+from .bram import _kept_reg, kept_reg
 from .dsp import Mult18, use_primitive_for
 from ..mapper import program as prog
 from ..mapper.plan import WEIGHTS_SECTION_A
@@ -259,11 +259,18 @@ def layer_descriptors(plan, cols: int, rows: int | None = None,
     return out
 
 
-def local_desc(m, desc):
+def local_desc(m, desc, platform=None):
     """A unit's own registered copy of the sequencer's descriptor (fields it does not use
     are trimmed by synthesis). The descriptor is static while a layer runs and settles
     several cycles before ``start`` (the sequencer's PARAM state lies between), so the copy
-    costs nothing and keeps the long nets from the sequencer free of logic."""
+    costs nothing and keeps the long nets from the sequencer free of logic.
+
+    On ECP5 the copy is kept flip-flop instances: yosys merges identical inferred
+    flip-flops, so the units' plain copies of a field became one flip-flop driving every
+    unit across the die (v56s1: one unit's copy of a flag feeding another's FIFO write
+    enable, 6.7 ns of routing)."""
+    if use_primitive_for(platform, None):
+        return DESC(_kept_reg(m, desc.as_value(), Const(1, 1), "desc_r"))
     d = Signal(DESC, name="desc_r")
     m.d.sync += d.eq(desc)
     return d
@@ -411,7 +418,7 @@ class PatchFeeder(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        d = local_desc(m, self.desc)
+        d = local_desc(m, self.desc, platform)
         # read through a skid buffer: the array's issue logic reaches no FIFO pointer
         m.submodules.fifo = fifo = CreditFifo(signed(8), self.DEPTH, skid=True)
         run = Signal()
@@ -508,7 +515,7 @@ class WeightFeeder(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        d = local_desc(m, self.desc)
+        d = local_desc(m, self.desc, platform)
         C = self.cols
         m.submodules.fifo = fifo = CreditFifo(8 * C, self.DEPTH, skid=True)
         run = Signal()
@@ -574,7 +581,7 @@ class BiasFeeder(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        d = local_desc(m, self.desc)
+        d = local_desc(m, self.desc, platform)
         C = self.cols
         # tile / group / output-tile counters with registered "last" flags (_Count)
         pt_c, g_c, ot_c = (_Count(m, d.tiles_m1, "pt", 24), _Count(m, d.groups_m1, "g"),
@@ -778,7 +785,7 @@ class MaxPoolUnit(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        d = local_desc(m, self.desc)
+        d = local_desc(m, self.desc, platform)
         oy, ox, c, ky, kx = (Signal(16, name=n) for n in ("oy", "ox", "c", "ky", "kx"))
         iy0, ix0 = Signal(signed(18)), Signal(signed(18))
         pix = Signal(24)
@@ -867,7 +874,7 @@ class AddUnit(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        d = local_desc(m, self.desc)
+        d = local_desc(m, self.desc, platform)
         m.submodules.adder = adder = _add.Adder(_add.AddParams(lanes=1,
                                                                use_primitive=self.use_primitive))
         m.submodules.fifo = fifo = CreditFifo(16, self.DEPTH)
@@ -986,7 +993,7 @@ class AvgPoolUnit(wiring.Component):
     def elaborate(self, platform):
         from amaranth.lib.memory import Memory
         m = Module()
-        d = local_desc(m, self.desc)
+        d = local_desc(m, self.desc, platform)
         m.submodules.pool = pool = self.pool
         members = pool.signature.members
         lay = data.StructLayout({k: members[k].shape for k in self.names})
