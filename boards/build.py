@@ -13,13 +13,17 @@ nextpnr runs with ``--timing-allow-fail --report top.report.json``: the Fmax and
 utilisation come from that report, and a design that misses its clock is reported as such
 (``timing_met``). On a miss, ``pnr_seeds`` places and routes the same netlist again with
 the next seeds at the asked clock (placements differ by several MHz), then ``retries``
-rebuilds the design at a lower PLL clock.
+rebuilds the design at a lower PLL clock. With ``pnr_jobs`` > 1 the seeds run that many at a
+time, each nextpnr in a folder of its own (``pnr-seed{N}/``, reading the shared netlist):
+the first to meet the clock is kept (its files move up into the build folder, the others
+are stopped), and a batch that all miss leaves its reports as ``attempt{n}.*``.
 """
 from __future__ import annotations
 
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
@@ -63,6 +67,7 @@ class BuildResult:
     attempts: list = field(default_factory=list)   # earlier attempts: clock, seed, fmax, ...
     pnr_seed: int | None = None      # nextpnr's placement seed (None: synthesis only)
     pnr_placer: str | None = None    # nextpnr's placer (None: synthesis only)
+    wall_seconds: float | None = None   # the whole build_bitstream call, by the clock on the wall
     _plan: list | None = field(default=None, repr=False)   # the tool commands (for a re-place)
 
     @property
@@ -170,10 +175,7 @@ def _write_plan(plan, outdir: Path) -> None:
 
 
 def _run_tool(tool: str, var: str, args: list[str], outdir: Path, env: dict, timeout: float) -> str:
-    exe = env.get(var) or tools.find(tool)
-    if not exe:
-        fix = next(t.fix for t in tools.TOOLS if t.name == tool)
-        raise ToolError(f"{tool} not found: {fix}")
+    exe = _tool_exe(tool, var, env)
     log = outdir / f"{tool.split('-')[0]}.log"     # the tool's stdout/stderr
     try:
         r = subprocess.run([exe, *args], cwd=outdir, env=env, capture_output=True, text=True,
@@ -205,7 +207,8 @@ def build_bitstream(top, board: Board | str, clock_mhz: float, outdir, *,
                     progress: Callable[[str, str], None] | None = None,
                     synth_only: bool = False, retries: int = 0, floor_mhz: float = 25.0,
                     seed: int = 1, placer: str = DEFAULT_PLACER, pnr_seeds: int = 1,
-                    env: dict | None = None, timeout: float = 3600.0) -> BuildResult:
+                    pnr_jobs: int = 1, env: dict | None = None,
+                    timeout: float = 3600.0) -> BuildResult:
     """Synthesise, place and route, and pack a design for a ULX3S.
 
     Parameters
@@ -223,6 +226,8 @@ def build_bitstream(top, board: Board | str, clock_mhz: float, outdir, *,
     seed, placer: nextpnr's placement seed and placer (:data:`PLACERS`).
     pnr_seeds: at the asked clock, place and route with up to this many seeds (``seed``,
         ``seed + 1``, ...; the synthesised netlist is reused) before a retry at a lower clock.
+    pnr_jobs: how many of those seeds run at once (nextpnr is single-threaded: up to the
+        number of cores; each needs about 1.5 GB on the 85F); the first to meet the clock wins.
     env: tool environment (default :func:`hwgen.tools.tool_env`).
 
     Raises :class:`hwgen.synth.ToolError` when a tool fails (message: step, log, last lines).
@@ -234,6 +239,8 @@ def build_bitstream(top, board: Board | str, clock_mhz: float, outdir, *,
     say = progress or (lambda stage, msg: None)
     if pnr_seeds < 1:
         raise ValueError(f"pnr_seeds must be at least 1, got {pnr_seeds}")
+    if pnr_jobs < 1:
+        raise ValueError(f"pnr_jobs must be at least 1, got {pnr_jobs}")
     if retries and not callable(top):
         raise ValueError("build_bitstream(retries=...) needs `top` as a callable "
                          "clock_mhz -> design, to rebuild it at a lower clock")
@@ -241,19 +248,27 @@ def build_bitstream(top, board: Board | str, clock_mhz: float, outdir, *,
     clock = clock_mhz
     design = top(clock) if callable(top) and not hasattr(top, "elaborate") else top
     clock_retries = 0
+    t_start = time.monotonic()
     while True:
-        res = _build_once(design, b, clock, outdir, say, synth_only, seed, placer, env, timeout)
-        best = res.fmax_mhz
         # other seeds, same netlist, at the asked clock only (a lower clock is a new netlist)
-        for k in range(1, pnr_seeds if clock_retries == 0 else 1):
-            if synth_only or res.timing_met:
-                break
-            say("retry", f"timing not met at {clock:g} MHz with seed {res.pnr_seed} (Fmax "
-                         f"{res.fmax_mhz:.1f} MHz): placing and routing again with seed {seed + k}")
-            attempts.append(res.attempt_record())
-            _keep_attempt(outdir, len(attempts), ("top.tim", "top.report.json", "nextpnr.log"))
-            res = _place_again(res, b, seed + k, outdir, say, env, timeout)
-            best = max(best or 0.0, res.fmax_mhz or 0.0) or None
+        n_seeds = pnr_seeds if clock_retries == 0 else 1
+        if synth_only or n_seeds == 1 or pnr_jobs == 1:
+            res = _build_once(design, b, clock, outdir, say, synth_only, seed, placer, env,
+                              timeout)
+            best = res.fmax_mhz
+            for k in range(1, n_seeds):
+                if synth_only or res.timing_met:
+                    break
+                say("retry", f"timing not met at {clock:g} MHz with seed {res.pnr_seed} (Fmax "
+                             f"{res.fmax_mhz:.1f} MHz): placing and routing again with seed "
+                             f"{seed + k}")
+                attempts.append(res.attempt_record())
+                _keep_attempt(outdir, len(attempts), ("top.tim", "top.report.json", "nextpnr.log"))
+                res = _place_again(res, b, seed + k, outdir, say, env, timeout)
+                best = max(best or 0.0, res.fmax_mhz or 0.0) or None
+        else:
+            res, best = _place_seeds(design, b, clock, outdir, say, seed, n_seeds, pnr_jobs,
+                                     placer, env, timeout, attempts)
         res.attempts = attempts
         if synth_only or res.timing_met or clock_retries >= retries:
             break
@@ -276,16 +291,153 @@ def build_bitstream(top, board: Board | str, clock_mhz: float, outdir, *,
                       ("top.tim", "top.report.json", "top.rpt", "nextpnr.log", "yosys.log"))
         clock_retries += 1
         clock = lower
+    res.wall_seconds = time.monotonic() - t_start
     (outdir / "build.json").write_text(json.dumps(res.to_dict(), indent=2, default=str))
     say("done", f"{'synthesis' if synth_only else 'build'} finished in {res.build_seconds:.1f} s")
     return res
 
 
-def _keep_attempt(outdir: Path, n: int, names) -> None:
-    """Rename an attempt's reports and logs to ``attempt{n}.NAME`` (the next writes NAME)."""
+def _place_seeds(design, b: Board, clock: float, outdir: Path, say, seed: int, n_seeds: int,
+                 jobs: int, placer: str, env: dict, timeout: float, attempts: list):
+    """Synthesise once, then place and route seeds ``seed .. seed + n_seeds - 1``, ``jobs``
+    at a time (:func:`_place_batch`), until one meets the clock, and pack the result kept
+    (the first to meet it, else the best). Appends the seeds that missed to ``attempts``
+    (their reports kept as ``attempt{n}.*``); returns (the result kept, the best Fmax)."""
+    syn = _build_once(design, b, clock, outdir, say, False, seed, placer, env, timeout,
+                      place=False)
+    seeds = list(range(seed, seed + n_seeds))
+    best, res, tried = None, None, []
+    try:
+        for i in range(0, n_seeds, jobs):
+            batch = seeds[i:i + jobs]
+            if res is not None:         # the batch before missed: res is its best
+                say("retry", f"timing not met at {clock:g} MHz with seed{'s' if len(tried) > 1 else ''} "
+                             f"{_seed_list(tried)} (best Fmax {best:.1f} MHz): placing and routing "
+                             f"again with seed{'s' if len(batch) > 1 else ''} {_seed_list(batch)}")
+                attempts.append(res.attempt_record())
+                _keep_attempt(outdir, len(attempts), ("top.tim", "top.report.json", "nextpnr.log"))
+            res, missed = _place_batch(syn, b, batch, outdir, say, env, timeout,
+                                       with_synth=(i == 0))
+            tried = batch
+            for a in missed:
+                attempts.append(a.attempt_record())
+                _keep_attempt(outdir / f"pnr-seed{a.pnr_seed}", len(attempts),
+                              ("top.tim", "top.report.json", "nextpnr.log"), dest=outdir)
+            for a in missed + [res]:
+                best = max(best or 0.0, a.fmax_mhz or 0.0) or None
+            if res.timing_met:
+                break
+    finally:
+        for s in seeds:
+            shutil.rmtree(outdir / f"pnr-seed{s}", ignore_errors=True)
+    (tool, args), (_, var, stage) = syn._plan[2], STAGES[2]
+    _run_stage(res, tool, var, args, stage, outdir, say, env, timeout)
+    _check_bitstream(res, outdir)
+    return res, best
+
+
+def _seed_list(seeds) -> str:
+    return " and ".join(str(s) for s in seeds) if len(seeds) <= 2 else \
+        ", ".join(str(s) for s in seeds[:-1]) + f" and {seeds[-1]}"
+
+
+def _place_batch(syn: BuildResult, b: Board, seeds: list, outdir: Path, say, env: dict,
+                 timeout: float, with_synth: bool):
+    """Place and route ``syn``'s netlist with every seed of ``seeds`` at once, each nextpnr in
+    ``outdir/pnr-seed{N}`` (reading ``../top.json`` and ``../top.lpf``). The first to meet the
+    clock is kept and the others are stopped; when all miss, the best is kept. The kept
+    one's files move into ``outdir`` (``with_synth``: its stage times include the
+    synthesis'). Returns (the kept result, the other finished ones, still in their folders)."""
+    (tool, args), (_, var, stage) = syn._plan[1], STAGES[1]
+    exe = _tool_exe(tool, var, env)
+    args = [{"top.json": "../top.json", "top.lpf": "../top.lpf"}.get(a, a) for a in args]
+    for stale in ("top.bit", "top.svf", "top.report.json", "top.config", "top.tim",
+                  "nextpnr.log"):
+        (outdir / stale).unlink(missing_ok=True)
+    running = {}
+    say(stage, f"running {tool} with seeds {_seed_list(seeds)} at once" if len(seeds) > 1
+        else f"running {tool}")
+    try:
+        for s in seeds:
+            d = outdir / f"pnr-seed{s}"
+            shutil.rmtree(d, ignore_errors=True)
+            d.mkdir()
+            log = open(d / "nextpnr.log", "w")
+            p = subprocess.Popen([exe, *_with_seed(args, s)], cwd=d, env=env, stdout=log,
+                                 stderr=subprocess.STDOUT)
+            running[s] = (p, log, time.monotonic())
+        done: list = []
+        kept = None
+        while running and kept is None:
+            time.sleep(0.5)
+            for s, (p, log, t0) in list(running.items()):
+                if p.poll() is None:
+                    if time.monotonic() - t0 > timeout:
+                        raise ToolError(f"{tool} timed out after {timeout:.0f} s (seed {s}, "
+                                        f"folder {outdir / f'pnr-seed{s}'})")
+                    continue
+                log.close()
+                del running[s]
+                d = outdir / f"pnr-seed{s}"
+                if p.returncode != 0:
+                    text = (d / "nextpnr.log").read_text(errors="replace")
+                    if (d / "top.tim").exists():
+                        text += (d / "top.tim").read_text(errors="replace")
+                    tail = "\n".join(text.strip().splitlines()[-15:])
+                    raise ToolError(f"{tool} failed (exit {p.returncode}, seed {s}); log: "
+                                    f"{d / 'nextpnr.log'}\n{tail}")
+                r = BuildResult(outdir=outdir, board=b.name, clock_mhz=syn.clock_mhz,
+                                pll_mhz=syn.pll_mhz, synth_only=False, pnr_seed=s,
+                                pnr_placer=syn.pnr_placer, _plan=syn._plan)
+                r.stage_seconds["pnr"] = time.monotonic() - t0
+                rep = parse_nextpnr_report(d / "top.report.json")
+                r.fmax_mhz, r.timing_met, r.resources = (rep["fmax_mhz"], rep["timing_met"],
+                                                         rep["resources"])
+                say(stage, f"seed {s}: {tool} done in {r.stage_seconds['pnr']:.1f} s, Fmax "
+                           f"{r.fmax_mhz:.1f} MHz for {r.pll_mhz or r.clock_mhz:.1f} MHz: "
+                           f"timing {'met' if r.timing_met else 'NOT met'}")
+                if r.timing_met:
+                    kept = r
+                    break
+                done.append(r)
+    finally:
+        for s, (p, log, _) in running.items():      # stopped: another seed met the clock
+            p.kill()
+            p.wait()
+            log.close()
+    if running:
+        say(stage, f"seed {kept.pnr_seed} met the clock: seed"
+                   f"{'s' if len(running) > 1 else ''} {_seed_list(sorted(running))} stopped")
+        for s in running:
+            shutil.rmtree(outdir / f"pnr-seed{s}", ignore_errors=True)
+    if kept is None:
+        kept = max(done, key=lambda r: r.fmax_mhz or 0.0)
+    done = [r for r in done if r is not kept]
+    d = outdir / f"pnr-seed{kept.pnr_seed}"
+    for name in ("top.config", "top.report.json", "top.tim", "nextpnr.log"):
+        if (d / name).exists():
+            (d / name).replace(outdir / name)
+    shutil.rmtree(d, ignore_errors=True)
+    kept.logs = {"yosys": syn.logs.get("yosys"), tool: str(outdir / "top.tim")}
+    if with_synth:
+        kept.stage_seconds = {**syn.stage_seconds, **kept.stage_seconds}
+    return kept, done
+
+
+def _tool_exe(tool: str, var: str, env: dict) -> str:
+    exe = env.get(var) or tools.find(tool)
+    if not exe:
+        fix = next(t.fix for t in tools.TOOLS if t.name == tool)
+        raise ToolError(f"{tool} not found: {fix}")
+    return exe
+
+
+def _keep_attempt(outdir: Path, n: int, names, dest: Path | None = None) -> None:
+    """Rename an attempt's reports and logs to ``attempt{n}.NAME`` (the next writes NAME),
+    in ``dest`` (default: the same folder)."""
     for name in names:
         if (outdir / name).exists():
-            (outdir / name).replace(outdir / f"attempt{n}.{name}")
+            (outdir / name).replace((dest or outdir) / f"attempt{n}.{name}")
 
 
 def _with_seed(args: list[str], seed: int) -> list[str]:
@@ -338,7 +490,9 @@ def _check_bitstream(res: BuildResult, outdir: Path) -> None:
 
 
 def _build_once(design, b: Board, clock: float, outdir: Path, say, synth_only: bool, seed: int,
-                placer: str, env: dict, timeout: float) -> BuildResult:
+                placer: str, env: dict, timeout: float, place: bool = True) -> BuildResult:
+    """Elaborate and synthesise ``design``; unless ``synth_only`` or not ``place``, place
+    and route it with ``seed`` and pack it."""
     pll = getattr(getattr(design, "pll", None), "fout_mhz", None)
     res = BuildResult(outdir=outdir, board=b.name, clock_mhz=clock, pll_mhz=pll,
                       synth_only=synth_only, pnr_seed=None if synth_only else seed,
@@ -382,7 +536,7 @@ def _build_once(design, b: Board, clock: float, outdir: Path, say, synth_only: b
     res.stage_seconds[stage] = time.monotonic() - t
     say(stage, f"{tool} done in {res.stage_seconds[stage]:.1f} s")
     res.resources = _synth_resources(outdir, b)
-    if synth_only:
+    if synth_only or not place:
         return res
     for (tool, args), (_, var, stage) in zip(res._plan[1:], STAGES[1:]):
         _run_stage(res, tool, var, args, stage, outdir, say, env, timeout)

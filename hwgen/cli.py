@@ -137,7 +137,7 @@ def cmd_build(args):
     r = flow.build(args.model, board=args.board, device=args.device, clock_mhz=args.clock,
                    out=args.out, allow_timing_fail=args.allow_timing_fail,
                    synth_only=args.synth_only, pnr_seed=args.pnr_seed, placer=args.placer,
-                   pnr_seeds=args.pnr_seeds,
+                   pnr_seeds=args.pnr_seeds, pnr_jobs=args.pnr_jobs,
                    progress=_progress,
                    **_model_opts(args))
     if args.json:
@@ -266,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="on a timing miss, place and route again with the next seeds (N+1, ...) "
                         "at the asked clock, up to K seeds in all, before retrying at a lower "
                         "clock (default 2; 1: no other seed)")
+    s.add_argument("--pnr-jobs", type=_positive_int, default=None, metavar="J",
+                   help="seeds placed and routed at once, the first to meet the clock wins "
+                        "(default: one per core, at most K; each takes about 1.5 GB)")
     s.add_argument("--placer", choices=PLACERS, default=DEFAULT_PLACER,
                    help=f"nextpnr's placer (default {DEFAULT_PLACER}: less routing congestion, "
                         "faster routing than heap on large designs)")

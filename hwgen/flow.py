@@ -214,15 +214,28 @@ def _model_record(model: str, opts: dict) -> dict:
             "options": {k: v for k, v in opts.items()}}
 
 
+def default_pnr_jobs(pnr_seeds: int) -> int:
+    """Seeds placed and routed at once by default: one per core this process may use, at
+    most ``pnr_seeds`` (nextpnr-ecp5 runs single-threaded)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:          # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(pnr_seeds, cores))
+
+
 def build(model: str, board: str = "ulx3s", device: str | None = None, clock_mhz: float = 100.0,
           out: str | Path = "build", allow_timing_fail: bool = False, synth_only: bool = False,
           retries: int = 2, progress=None, pnr_seed: int = 1, placer: str | None = None,
-          pnr_seeds: int = 2, **opts) -> dict:
+          pnr_seeds: int = 2, pnr_jobs: int | None = None, **opts) -> dict:
     """quantize -> map (fit check before any synthesis) -> generate -> synth -> PnR -> pack.
 
     Writes into ``out``: program.bin, weights.bin, layers.json, model.json, top.bit, top.svf,
     the tools' logs, report.json / report.md / report.html. Returns the report dict; raises
     :class:`FlowError` on a timing failure unless ``allow_timing_fail``.
+
+    pnr_seed, pnr_seeds, pnr_jobs: nextpnr's seeds ``pnr_seed ..`` (up to ``pnr_seeds``
+    at the asked clock), ``pnr_jobs`` at once (default :func:`default_pnr_jobs`).
     """
     import json as _json
     say = progress or (lambda stage, msg: None)
@@ -241,7 +254,8 @@ def build(model: str, board: str = "ulx3s", device: str | None = None, clock_mhz
     say("map", f"{p.engines.describe()}; {p.cycles:,} cycles estimated by the mapper")
     res = build_bitstream(lambda mhz: ULX3STop(Accelerator(p), mhz), b, clock_mhz, outdir,
                           progress=say, synth_only=synth_only, retries=0 if synth_only else retries,
-                          seed=pnr_seed, placer=placer or DEFAULT_PLACER, pnr_seeds=pnr_seeds)
+                          seed=pnr_seed, placer=placer or DEFAULT_PLACER, pnr_seeds=pnr_seeds,
+                          pnr_jobs=pnr_jobs or default_pnr_jobs(pnr_seeds))
     report = make_report(p, res.to_dict(), None, rec)
     write_reports(report, outdir)
     if not synth_only and res.timing_met is False and not allow_timing_fail:

@@ -244,3 +244,123 @@ def test_retry_skips_clocks_the_design_refuses(tmp_path, monkeypatch):
     res = build_bitstream(make, "ulx3s-85f", 100.0, tmp_path, retries=1)
     assert built == [("design@100.0", 100.0), ("design@33.0", 33.0)]
     assert res.timing_met and res.clock_mhz == 33.0
+
+
+_FAKE_NEXTPNR = r'''#!{python}
+"""A stand-in nextpnr-ecp5: Fmax, run time and exit code per seed from FAKE_PNR (JSON)."""
+import json, os, sys, time
+a = sys.argv[1:]
+arg = lambda k: a[a.index(k) + 1]
+seed = arg("--seed")
+fmax, secs, rc = json.loads(os.environ["FAKE_PNR"])[seed]
+lpf = open(arg("--lpf")).read()
+mhz = float(lpf.split('FREQUENCY NET "clk_out" ')[1].split()[0]) / 1e6
+time.sleep(secs)
+open(arg("--log"), "w").write(f"seed {{seed}}\n")
+if rc:
+    print("ERROR: fake failure"); sys.exit(rc)
+open(arg("--report"), "w").write(json.dumps(
+    {{"fmax": {{"clk_out": {{"achieved": fmax, "constraint": mhz}}}},
+     "utilization": {{"TRELLIS_COMB": {{"used": 42, "available": 83640}}}}}}))
+open(arg("--textcfg"), "w").write(f"config of seed {{seed}}\n")
+'''
+
+
+def _fake_parallel_tools(monkeypatch, tmp_path, per_seed):
+    """yosys and ecppack stubbed in-process; nextpnr a real process (a script) so seeds run
+    at once: ``per_seed[seed] = (fmax, seconds, exit code)``. Returns (env, calls)."""
+    import os
+    import subprocess
+    import sys
+    from boards import build as bb
+    exe = tmp_path / "fake-nextpnr"
+    exe.write_text(_FAKE_NEXTPNR.format(python=sys.executable))
+    exe.chmod(0o755)
+    calls = []
+
+    def fake_tool(tool, var, args, outdir, env, timeout):
+        calls.append(tool)
+        if tool == "yosys":
+            (outdir / "top.stat").write_text("   42 LUT4\n")
+            (outdir / "top.rpt").write_text("synthesised\n")
+            return str(outdir / "top.rpt")
+        if tool == "nextpnr-ecp5":          # one seed in place (the sequential path)
+            subprocess.run([str(exe), *args], cwd=outdir, env=env, check=True)
+            return str(outdir / "top.tim")
+        cfg = (outdir / "top.config").read_text()
+        (outdir / "top.bit").write_text(f"bit from {cfg}")
+        (outdir / "top.svf").write_text("svf")
+        return str(outdir / "ecppack.log")
+    monkeypatch.setattr(bb, "_run_tool", fake_tool)
+    env = dict(os.environ, NEXTPNR_ECP5=str(exe),
+               FAKE_PNR=json.dumps({str(k): v for k, v in per_seed.items()}))
+    return env, calls
+
+
+def test_seeds_in_parallel_first_to_meet_wins(tmp_path, monkeypatch):
+    """pnr_jobs=2: seeds 1 and 2 run at once, each in its own folder; the first to meet the
+    clock is kept (its files in the build folder, packed) and the other is stopped at once."""
+    import time
+    out = tmp_path / "b"
+    env, calls = _fake_parallel_tools(monkeypatch, tmp_path, {1: (104.0, 0.2, 0), 2: (120.0, 60, 0)})
+    events = []
+    t = time.monotonic()
+    res = build_bitstream(_top, "ulx3s-85f", 100.0, out, pnr_seeds=2, pnr_jobs=2, env=env,
+                          progress=lambda s, msg: events.append((s, msg)))
+    assert time.monotonic() - t < 30                 # seed 2 (60 s) was stopped
+    assert res.timing_met and res.pnr_seed == 1 and res.fmax_mhz == 104.0
+    assert calls == ["yosys", "ecppack"] and res.attempts == []
+    assert (out / "top.bit").read_text() == "bit from config of seed 1\n"
+    assert (out / "top.tim").read_text() == "seed 1\n"
+    assert json.loads((out / "top.report.json").read_text())["fmax"]["clk_out"]["achieved"] == 104.0
+    assert not list(out.glob("pnr-seed*"))
+    assert ("pnr", "running nextpnr-ecp5 with seeds 1 and 2 at once") in events
+    assert ("pnr", "seed 1 met the clock: seed 2 stopped") in events
+    assert {"prepare", "synth", "pnr", "pack"} == set(res.stage_seconds)
+    assert res.wall_seconds >= res.stage_seconds["pnr"]
+
+
+def test_seeds_in_parallel_batches_then_lower_clock(tmp_path, monkeypatch):
+    """Four seeds two at a time: a batch that misses leaves its reports as attempt{n}.* and
+    the next batch runs; when every seed misses, the best is packed (retries=0) or the flow
+    goes to a lower clock from the best Fmax."""
+    out = tmp_path / "b"
+    env, calls = _fake_parallel_tools(monkeypatch, tmp_path, {
+        1: (91.0, 0.1, 0), 2: (93.0, 0.3, 0), 3: (96.5, 0.1, 0), 4: (95.0, 0.2, 0)})
+    events = []
+    res = build_bitstream(_top, "ulx3s-85f", 100.0, out, pnr_seeds=4, pnr_jobs=2, env=env,
+                          progress=lambda s, msg: events.append((s, msg)))
+    assert res.timing_met is False and res.pnr_seed == 3 and res.fmax_mhz == 96.5
+    assert calls == ["yosys", "ecppack"]           # one synthesis, the best one packed
+    assert [(a["pnr_seed"], a["fmax_mhz"]) for a in res.attempts] == \
+        [(1, 91.0), (2, 93.0), (4, 95.0)]
+    for n, seed in enumerate((1, 2, 4), 1):
+        assert (out / f"attempt{n}.top.tim").read_text() == f"seed {seed}\n"
+        assert (out / f"attempt{n}.top.report.json").exists()
+    assert (out / "top.tim").read_text() == "seed 3\n"
+    assert (out / "top.bit").read_text() == "bit from config of seed 3\n"
+    assert not list(out.glob("pnr-seed*"))
+    assert ("retry", "timing not met at 100 MHz with seeds 1 and 2 (best Fmax 93.0 MHz): "
+                     "placing and routing again with seeds 3 and 4") in events
+    assert set(res.stage_seconds) == {"pnr", "pack"}          # the second batch's
+    assert set(res.total_stage_seconds) == {"prepare", "synth", "pnr", "pack"}
+    # with a retry: the lower clock (3 % under 96.5: 93.5 MHz asked) is one seed, in place
+    env2, calls = _fake_parallel_tools(monkeypatch, tmp_path, {
+        1: (91.0, 0.1, 0), 2: (96.5, 0.1, 0)})
+    res = build_bitstream(_top, "ulx3s-85f", 100.0, tmp_path / "c", pnr_seeds=2, pnr_jobs=2,
+                          retries=1, env=env2)
+    assert calls == ["yosys", "ecppack", "yosys", "nextpnr-ecp5", "ecppack"]
+    assert res.clock_mhz == 93.5 and res.pnr_seed == 1
+    assert [(a["clock_mhz"], a["pnr_seed"]) for a in res.attempts] == [(100.0, 1), (100.0, 2)]
+
+
+def test_seeds_in_parallel_tool_failure(tmp_path, monkeypatch):
+    """A nextpnr that fails stops the others and names its seed, log and last lines; no
+    seed folder is left behind."""
+    out = tmp_path / "b"
+    env, _ = _fake_parallel_tools(monkeypatch, tmp_path, {1: (0, 0.1, 2), 2: (120.0, 60, 0)})
+    with pytest.raises(ToolError, match=r"nextpnr-ecp5 failed \(exit 2, seed 1\)[\s\S]*fake failure"):
+        build_bitstream(_top, "ulx3s-85f", 100.0, out, pnr_seeds=2, pnr_jobs=2, env=env)
+    assert not list(out.glob("pnr-seed*"))
+    with pytest.raises(ValueError, match="pnr_jobs must be at least 1"):
+        build_bitstream(_top, "ulx3s-85f", 100.0, out, pnr_jobs=0)
