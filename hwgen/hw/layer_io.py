@@ -35,7 +35,7 @@ from amaranth.lib.wiring import In, Out
 
 from . import add as _add
 from .credit import CreditFifo
-from .bram import _kept_reg, kept_reg
+from .bram import _kept_reg, kept_reg, kept_tree, kept_tree_latency
 from .dsp import Mult18, use_primitive_for
 from ..mapper import program as prog
 from ..mapper.plan import WEIGHTS_SECTION_A
@@ -562,7 +562,9 @@ class WeightFeeder(wiring.Component):
 class BiasFeeder(wiring.Component):
     """One beat of ``cols`` int32 biases per (pixel tile, group, output tile) from the
     channel store (8-byte records: int32 bias, scale word); lanes past the group's channels
-    are 0. ``nvalid + 2`` cycles per beat (one record read per cycle).
+    are 0. At least ``nvalid + lat + 2`` cycles per beat (FILL: a record read per cycle,
+    SETTLE: ``lat`` cycles while the last lands, OUT), ``lat`` = ``MEM_LATENCY + 1`` plus
+    the lanes' copy tree (one stage up to four lanes, two above).
 
     Members
     -------
@@ -591,12 +593,13 @@ class BiasFeeder(wiring.Component):
         rem = Signal(signed(18))  # cout_g - ot * C
         vec = Signal(data.ArrayLayout(signed(32), C))
         # the read address is registered (one cycle), then the channel store's read, then the
-        # record is registered here once more (the store may sit across the die)
-        lat = MEM_LATENCY + 2
-        # the record registered once per lane (kept apart on ECP5: the lanes' vector bits
-        # go to the array's accumulators, all over the die)
+        # record reaches each lane through a tree of copies (kept apart on ECP5: the lanes'
+        # vector bits go to the array's accumulators, all over the die; above four lanes a
+        # copy per group of four first, so the store's output register loads a few copies,
+        # not one per lane: v57s1, 9.7 ns to a lane's copy)
         prim = use_primitive_for(platform, None)
-        rd = [kept_reg(m, self.rd_data[:32], f"rd_l{k}", prim) for k in range(C)]
+        lat = MEM_LATENCY + 1 + kept_tree_latency(C)
+        rd = kept_tree(m, self.rd_data[:32], C, "rd_l", prim)
         # a capture's valid and lane travel lat - 1 stages, then become the per-lane capture
         # enables (cap_en, below)
         cap_vs = [Signal(name=f"cap_v{k}") for k in range(lat - 1)]
@@ -604,7 +607,7 @@ class BiasFeeder(wiring.Component):
         cap_v0, cap_lane0 = cap_vs[0], cap_ls[0]
         # records still to read for this beat (a down-counter: no comparison in FILL), and
         # the count of the next beat, min(rem - C, C) and min(cout_g, C), kept in registers
-        # (rem is stable from OUT to the next OUT, at least MEM_LATENCY + 2 cycles: rem - C
+        # (rem is stable from OUT to the next OUT, at least lat + 2 cycles: rem - C
         # is registered, then clamped into another register)
         left = Signal(range(C + 1))
         nv_next, nv_first = Signal(range(C + 1)), Signal(range(C + 1))
@@ -666,7 +669,7 @@ class BiasFeeder(wiring.Component):
         # the state register: the beat leaving reaches the counters through one gate
         m.d.comb += [self.o_stream.valid.eq(out_v), take.eq(out_v & self.o_stream.ready)]
         # the values the next beat needs, registered (obase and rem change only when a beat
-        # leaves, and beats leave at least MEM_LATENCY + 2 cycles apart): the sums, then the
+        # leaves, and beats leave at least lat + 2 cycles apart): the sums, then the
         # choice by the counters' flags, so take only selects them (no adder and no flag
         # logic behind it)
         obase_c, obase_r = Signal(24), Signal(24)
