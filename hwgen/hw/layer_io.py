@@ -517,7 +517,9 @@ class WeightFeeder(wiring.Component):
         m = Module()
         d = local_desc(m, self.desc, platform)
         C = self.cols
-        m.submodules.fifo = fifo = CreditFifo(8 * C, self.DEPTH, skid=True)
+        # (the skid buffer's read pointer in a copy per lane: its multiplexers sit by the
+        # array, wherever that is)
+        m.submodules.fifo = fifo = CreditFifo(8 * C, self.DEPTH, skid=True, copies=C)
         run = Signal()
         pt = Signal(24)          # pixel tiles left after this one
         i = Signal(32)           # beat of the current replay
