@@ -262,10 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--synth-only", action="store_true", help="stop after synthesis (resource check; no bitstream)")
     s.add_argument("--pnr-seed", type=int, default=1, metavar="N",
                    help="nextpnr's placement seed (default 1); placements differ by several MHz")
-    s.add_argument("--pnr-seeds", type=_positive_int, default=2, metavar="K",
-                   help="on a timing miss, place and route again with the next seeds (N+1, ...) "
-                        "at the asked clock, up to K seeds in all, before retrying at a lower "
-                        "clock (default 2; 1: no other seed)")
+    s.add_argument("--pnr-seeds", type=_positive_int, default=4, metavar="K",
+                   help="place and route with seeds N, N+1, ... at the asked clock until one "
+                        "meets it, up to K seeds in all, before retrying at a lower clock "
+                        "(default 4; 1: seed N only)")
     s.add_argument("--pnr-jobs", type=_positive_int, default=None, metavar="J",
                    help="seeds placed and routed at once, the first to meet the clock wins "
                         "(default: one per core, at most K; each takes about 1.5 GB)")

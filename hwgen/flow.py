@@ -227,7 +227,7 @@ def default_pnr_jobs(pnr_seeds: int) -> int:
 def build(model: str, board: str = "ulx3s", device: str | None = None, clock_mhz: float = 100.0,
           out: str | Path = "build", allow_timing_fail: bool = False, synth_only: bool = False,
           retries: int = 2, progress=None, pnr_seed: int = 1, placer: str | None = None,
-          pnr_seeds: int = 2, pnr_jobs: int | None = None, **opts) -> dict:
+          pnr_seeds: int = 4, pnr_jobs: int | None = None, **opts) -> dict:
     """quantize -> map (fit check before any synthesis) -> generate -> synth -> PnR -> pack.
 
     Writes into ``out``: program.bin, weights.bin, layers.json, model.json, top.bit, top.svf,

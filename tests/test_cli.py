@@ -122,7 +122,8 @@ def test_build_passes_the_placement_seed_to_nextpnr(tmp_path, monkeypatch, place
 
 
 def test_build_pnr_seeds_reaches_the_flow_and_is_checked(monkeypatch, capsys):
-    """`--pnr-seeds K` goes to the flow (default 2); K < 1 is a usage error naming the option."""
+    """`--pnr-seeds K` and `--pnr-jobs J` go to the flow (defaults 4 and one per core, at
+    most K: None here, chosen by the flow); K or J < 1 is a usage error naming the option."""
     from hwgen import flow
     seen = {}
 
@@ -131,9 +132,16 @@ def test_build_pnr_seeds_reaches_the_flow_and_is_checked(monkeypatch, capsys):
         return {"bitstream": None}
     monkeypatch.setattr(flow, "build", fake_build)
     cli.main(["build", "mobilenet", "--alpha", "0.25", "--json"])
-    assert seen["pnr_seeds"] == 2
-    cli.main(["build", "mobilenet", "--alpha", "0.25", "--pnr-seeds", "4", "--json"])
-    assert seen["pnr_seeds"] == 4
+    assert seen["pnr_seeds"] == 4 and seen["pnr_jobs"] is None
+    cli.main(["build", "mobilenet", "--alpha", "0.25", "--pnr-seeds", "3", "--pnr-jobs", "1",
+              "--json"])
+    assert seen["pnr_seeds"] == 3 and seen["pnr_jobs"] == 1
+    monkeypatch.setattr(flow.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert flow.default_pnr_jobs(4) == 2 and flow.default_pnr_jobs(1) == 1
+    with pytest.raises(SystemExit) as e:
+        cli.main(["build", "mobilenet", "--pnr-jobs", "0"])
+    assert e.value.code == 2
+    assert "--pnr-jobs: expected a whole number >= 1, got '0'" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         cli.main(["build", "mobilenet", "--pnr-seeds", "0"])
     assert e.value.code == 2
