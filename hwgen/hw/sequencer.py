@@ -136,8 +136,13 @@ class Sequencer(wiring.Component):
         # start values; without a shuffle s(j) = j.
         # Two register stages: S1 the shuffled index (or out_pre + o) and cout_g - og - 1,
         # S2 the table words (pt_* / nv_data registered).
-        q, r, rg = Signal(16), Signal(16), Signal(17)
-        og = Signal(16)                  # o % cout_g
+        q, rg = Signal(16), Signal(17)
+        # o % cout_g and r = j % sh_n as down-counters to their wrap (cout_g - 1 - o % cout_g,
+        # sh_n - 1 - r), reloaded from registers set in LATCH: a compare with zero, not an
+        # adder and a wide compare, sits in front of them (v57 seed 4: og == cout_g - 1,
+        # 10 cells, 10.2 ns)
+        og_left, r_left = Signal(16), Signal(16)
+        cg_m1, shn_m1 = Signal(16), Signal(16)
         en1, addr1, idx1, lm1 = Signal(), Signal(16), Signal(17), Signal(signed(18))
         m.d.sync += [en1.eq(0), self.pt_en.eq(en1), self.pt_addr.eq(addr1),
                      self.pt_data.eq(d.out_post + idx1),
@@ -155,9 +160,11 @@ class Sequencer(wiring.Component):
                 m.d.comb += latch_n.eq(1)
                 m.next = "LATCH"
             with m.State("LATCH"):
-                m.d.sync += [o.eq(0), og.eq(0), q.eq(rom_word.sh_q0),
+                m.d.sync += [o.eq(0), q.eq(rom_word.sh_q0),
                              more.eq(rom_word.out_c != 0),
-                             r.eq(rom_word.sh_r0), rg.eq(rom_word.sh_rg0)]
+                             og_left.eq(rom_word.cout_g - 1), cg_m1.eq(rom_word.cout_g - 1),
+                             r_left.eq(rom_word.sh_n - 1 - rom_word.sh_r0),
+                             shn_m1.eq(rom_word.sh_n - 1), rg.eq(rom_word.sh_rg0)]
                 with m.If(rom_word.skip):
                     m.next = "NEXT"
                 with m.Else():
@@ -171,12 +178,12 @@ class Sequencer(wiring.Component):
                                  more.eq(o + 1 != d.out_c),
                                  en1.eq(1), addr1.eq(o),
                                  idx1.eq(Mux(d.sh_g != 0, rg + q, d.out_pre + o)),
-                                 lm1.eq(d.cout_g - og - 1),
-                                 r.eq(r + 1), rg.eq(rg + d.sh_g), og.eq(og + 1)]
-                    with m.If(og == d.cout_g - 1):
-                        m.d.sync += og.eq(0)
-                    with m.If(r == d.sh_n - 1):
-                        m.d.sync += [r.eq(0), rg.eq(0), q.eq(q + 1)]
+                                 lm1.eq(og_left), r_left.eq(r_left - 1),
+                                 rg.eq(rg + d.sh_g), og_left.eq(og_left - 1)]
+                    with m.If(og_left == 0):
+                        m.d.sync += og_left.eq(cg_m1)
+                    with m.If(r_left == 0):
+                        m.d.sync += [r_left.eq(shn_m1), rg.eq(0), q.eq(q + 1)]
                 with m.Else():
                     m.next = "START"
             with m.State("START"):
