@@ -12,12 +12,14 @@ from amaranth.sim import Simulator
 from hwgen.hw.credit import CreditFifo, SkidBuffer, StreamSlice
 
 
-def _run(depth, lag, latency, p_ready, p_want, n=300, seed=1, skid=False, copies=1):
+def _run(depth, lag, latency, p_ready, p_want, n=300, seed=1, skid=False, copies=1,
+         buffered=None):
     """Producer: wants to issue with probability ``p_want`` per cycle, sees ``allow``
     ``lag`` cycles late, the beat reaches the FIFO ``latency`` cycles after issue.
     Returns (beats received, cycles with an issue allowed-but-waiting, overflow, cycles)."""
     m = Module()
-    m.submodules.cf = cf = CreditFifo(16, depth, lag=lag, skid=skid, copies=copies)
+    m.submodules.cf = cf = CreditFifo(16, depth, lag=lag, skid=skid, copies=copies,
+                                      buffered=buffered)
     allow_d = cf.allow
     for k in range(lag):
         nxt = Signal(name=f"allow_d{k}", init=1)
@@ -81,6 +83,19 @@ def test_skid_pointer_copies_keep_order():
         got, _, overflow, _ = _run(8, 2, 3, 0.5, p_want=0.9, skid=True, copies=copies)
         assert not overflow
         assert got == list(range(len(got))) and len(got) >= 300, copies
+
+
+def test_buffered_skid_keeps_order_and_rate():
+    """skid with the FIFO's output register kept (buffered=True): order kept under random
+    back-pressure, and one beat per cycle with an always-ready consumer."""
+    for depth, lag, latency in ((8, 2, 3), (32, 2, 19), (6, 1, 7)):
+        got, _, overflow, _ = _run(depth, lag, latency, 0.4, p_want=0.9, skid=True,
+                                   buffered=True)
+        assert not overflow and got == list(range(len(got))) and len(got) >= 300
+    got, stalled, overflow, cycles = _run(depth=32, lag=2, latency=19, p_ready=1.0,
+                                          p_want=1.0, skid=True, buffered=True)
+    assert not overflow and got == list(range(len(got))) and stalled == 0
+    assert cycles <= 300 + 19 + 2 + 5
 
 
 @pytest.mark.parametrize("skid", [False, True])

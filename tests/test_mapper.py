@@ -274,14 +274,14 @@ def test_cycle_model_formulas():
     seq = cost.SEQ_OVERHEAD
     assert (cost.sa_operand_stages(4), cost.sa_operand_stages(12)) == (1, 2)
     pipe, gap = cost.SA_PIPE + 1, cost.SA_DRAIN_GAP + 1      # the 4 x 12 array
-    # compute-bound pw8 (1x1 128 -> 128 at 6x6; 13,422): first tile load 4*128, nine tiles of
+    # compute-bound pw8 (1x1 128 -> 128 at 6x6; 13,423): first tile load 4*128, nine tiles of
     # 11 output tiles x 128 beats, the last step's 4 rows x 8 channels, sequencer 128 + 16
     assert cost.sa_layer_cycles(36, 128, 128, 1, 4, 12) == (512 + 9 * 11 * 128 + 32 + pipe
-                                                             + 128 + seq) == 13422
-    # load-bound conv1 (3x3 s2, 3 -> 8, 48x48 out; 62,352): 27 patch bytes per pixel, then
+                                                             + 128 + seq) == 13423
+    # load-bound conv1 (3x3 s2, 3 -> 8, 48x48 out; 62,353): 27 patch bytes per pixel, then
     # the last tile's one step of 27 beats and its 4 x 8 output bytes
     assert cost.sa_layer_cycles(2304, 27, 8, 1, 4, 12) == 2304 * 27 + 27 + 32 + pipe + 8 + seq
-    # writer-bound pw2 (1x1 8 -> 16 at 48x48; 36,998): first load, first step (its bias
+    # writer-bound pw2 (1x1 8 -> 16 at 48x48; 36,999): first load, first step (its bias
     # vector: 12 records + the feeder's gap), then 16 output bytes per pixel
     assert cost.sa_layer_cycles(2304, 8, 16, 1, 4, 12) == (32 + 12 + cost.SA_BIAS_GAP
                                                            + 2304 * 16 + pipe + 16 + seq)
@@ -289,11 +289,11 @@ def test_cycle_model_formulas():
     # on a 4 x 4 array (one operand stage)
     assert cost.sa_layer_cycles(4, 4, 3, 1, 4, 4) == (16 + (4 + cost.SA_DRAIN_GAP) + 4 * 3
                                                       + cost.SA_PIPE + 3 + seq)
-    # the global average pool on the array (256 groups of 9, one pixel; 5,708): the whole
+    # the global average pool on the array (256 groups of 9, one pixel; 5,709): the whole
     # patch loads before the first step; each group's step of 9 beats waits for the previous
     # group's one-row drain (1 + the drain gap)
     assert cost.sa_layer_cycles(1, 9, 1, 256, 4, 12) == (2304 + 256 * (1 + gap)
-                                                         + 1 + pipe + 256 + seq) == 5711
+                                                         + 1 + pipe + 256 + seq) == 5712
     # the other units
     assert cost.dw_layer_cycles(8, 48, 48) == 8 * 2304 + 48 + cost.DW_LATENCY + 8 + seq
     # small planes wait for the parameter loader: two channels per h*w + 18 cycles

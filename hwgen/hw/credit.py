@@ -48,6 +48,10 @@ class CreditFifo(wiring.Component):
         beat takes as long as without the skid buffer; the rate stays one per cycle.
     copies : int
         With ``skid``: copies of the skid buffer's read pointer (:class:`SkidBuffer`).
+    buffered : bool or None
+        With ``skid``: keep the FIFO's output register in front of the skid buffer (a beat
+        takes a cycle more; the distributed RAM's read then ends in a register next to it,
+        not in the skid buffer's entries by the consumer). Default: ``not skid``.
 
     Members
     -------
@@ -66,7 +70,8 @@ class CreditFifo(wiring.Component):
         Beats issued and not yet read (one cycle late after the last read).
     """
 
-    def __init__(self, shape, depth: int, lag: int = 0, skid: bool = False, copies: int = 1):
+    def __init__(self, shape, depth: int, lag: int = 0, skid: bool = False, copies: int = 1,
+                 buffered: bool | None = None):
         self._MustUse__silence = True     # not elaborated if the checks below fail
         if not isinstance(lag, int) or lag < 0:
             raise ValueError(f"CreditFifo lag must be a non-negative int, got {lag!r}")
@@ -75,6 +80,7 @@ class CreditFifo(wiring.Component):
         self._MustUse__silence = False
         self.shape, self.depth, self.lag, self.skid = shape, depth, lag, skid
         self.copies = copies
+        self.buffered = not skid if buffered is None else buffered
         self.width = Shape.cast(shape).width
         super().__init__({
             "issue": In(1), "allow": Out(1, init=1),
@@ -85,11 +91,11 @@ class CreditFifo(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        # with the skid buffer the FIFO is unbuffered (its entries are distributed RAM read
-        # straight into the skid buffer's entries, whose enables are flip-flops); a buffered
-        # FIFO's output register would load on a decision from its level and the skid
-        # buffer's ready, a wide enable net
-        fifo_cls = SyncFIFO if self.skid else SyncFIFOBuffered
+        # with the skid buffer the FIFO is unbuffered by default (its entries are distributed
+        # RAM read straight into the skid buffer's entries, whose enables are flip-flops);
+        # buffered, its output register loads on its own flags and the skid buffer's ready,
+        # both registers
+        fifo_cls = SyncFIFOBuffered if self.buffered else SyncFIFO
         m.submodules.fifo = fifo = fifo_cls(width=self.width, depth=self.depth)
         o = self.o_stream
         m.d.comb += [fifo.w_en.eq(self.w_en), fifo.w_data.eq(self.w_data)]

@@ -911,11 +911,12 @@ class SystolicConv(wiring.Component):
             wiring.connect(m, wiring.flipped(getattr(self, name)), getattr(sa, name))
         wiring.connect(m, wiring.flipped(self.param), rq.param)
         out = self.o_stream.payload.shape()
-        # read through a skid buffer: the consumer's ready reaches its flags, not the
-        # FIFO's read port (v56s2: the buffered FIFO's ~100-bit output register loaded on
-        # level & ready, 9.9 ns)
+        # read through its output register and a skid buffer: the consumer's ready reaches
+        # the skid buffer's flags, not the FIFO's output register (v56s2: its ~100-bit
+        # enable behind level & ready, 9.9 ns), and the distributed RAM's read ends in that
+        # register, not in the skid buffer's entries by the consumer (v58 seed 1: 11.9 ns)
         m.submodules.out = cf = CreditFifo(out, self.FIFO_DEPTH, lag=SystolicArray.ALLOW_LAG,
-                                           skid=True)
+                                           skid=True, buffered=True)
         m.d.comb += [sa.cfg.eq(self.cfg), self.busy.eq(sa.busy | cf.busy),
                      rq.zero_point.eq(self.zero_point), rq.lo.eq(self.lo), rq.hi.eq(self.hi)]
         # array -> requantiser -> output FIFO with no backpressure anywhere on the way: the

@@ -111,13 +111,14 @@ __all__ = [
 #: arena's write root: the last write lands a cycle later).
 SEQ_OVERHEAD = 16
 #: Systolic layer fill and drain: patch-address pipeline (17), array (11), requantiser input
-#: registers and pipeline (21), output FIFO, writer stages, placer (6), the registered
+#: registers and pipeline (21), output FIFO (its output register and skid buffer), writer
+#: stages, placer (6), the registered
 #: writer-count compare and the credit loops, less what overlaps, with one operand-register
 #: stage in front of the multipliers (an array of more than 4 columns has two:
 #: :func:`sa_operand_stages`); fitted to the measured MobileNet 0.25/96 layers on its 4 x 12
-#: array (pw8 13,422, pw14 18,258, fc 594, GAP 5,708, conv1 62,352 cycles: all within
+#: array (pw8 13,423, pw14 18,259, fc 595, GAP 5,709, conv1 62,353 cycles: all within
 #: +-0.1 %).
-SA_PIPE = 61
+SA_PIPE = 62
 #: A step's last beat waits until the previous step's shadow bank has drained: the array's
 #: latency from a last beat to the shadow bank (10 cycles, with one operand-register stage)
 #: plus one row per cycle (hw/systolic.py ``pending``).
