@@ -162,12 +162,11 @@ class SkidBuffer(wiring.Component):
         # the read pointer's copies (each toggles on its own output: distinct logic, so
         # synthesis keeps them apart), one per slice of the payload
         n = Shape.cast(self.shape).width
-        k = min(self.copies, max(n, 1))
-        rps = [rp] + [Signal(name=f"rp_c{j}") for j in range(1, k)]
-        step = -(-n // k)
+        step = max(1, -(-n // self.copies))
+        los = range(0, max(n, 1), step)
+        rps = [rp] + [Signal(name=f"rp_c{j}") for j in range(1, len(los))]
         e0, e1 = Value.cast(ent[0]), Value.cast(ent[1])
-        out = Cat(*[Mux(rps[j], e1[j * step:(j + 1) * step], e0[j * step:(j + 1) * step])
-                    for j in range(k)])
+        out = Cat(*[Mux(r, e1[lo:lo + step], e0[lo:lo + step]) for r, lo in zip(rps, los)])
         m.d.comb += [i.ready.eq(not_full), o.valid.eq(nonempty),
                      o.payload.eq(out), self.busy.eq(nonempty)]
         take = Signal()

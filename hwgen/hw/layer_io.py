@@ -35,7 +35,7 @@ from amaranth.lib.wiring import In, Out
 
 from . import add as _add
 from .credit import CreditFifo
-from .bram import _kept_reg, kept_reg, kept_tree, kept_tree_latency
+from .bram import kept_reg, kept_tree, kept_tree_latency
 from .dsp import Mult18, use_primitive_for
 from ..mapper import program as prog
 from ..mapper.plan import WEIGHTS_SECTION_A
@@ -269,11 +269,7 @@ def local_desc(m, desc, platform=None):
     flip-flops, so the units' plain copies of a field became one flip-flop driving every
     unit across the die (v56s1: one unit's copy of a flag feeding another's FIFO write
     enable, 6.7 ns of routing)."""
-    if use_primitive_for(platform, None):
-        return DESC(_kept_reg(m, desc.as_value(), Const(1, 1), "desc_r"))
-    d = Signal(DESC, name="desc_r")
-    m.d.sync += d.eq(desc)
-    return d
+    return DESC(kept_reg(m, desc.as_value(), "desc_r", use_primitive_for(platform, None)))
 
 
 class Placer(wiring.Component):
